@@ -1,0 +1,146 @@
+"""Import/export policy for the AWS peering.
+
+Import: default deny (RFC 8212) unless a policy is configured.  ``aws-default`` accepts
+any prefix except the default route, our own advertised prefixes (and more-specifics of
+them) and anything inside 169.254.0.0/16 (the tunnel inside /30s).
+
+Export: the configured on-prem prefixes (optionally a default route), with a per-tunnel
+AS_PATH prepend count and MED.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .message import AS_SEQUENCE, Route
+
+LINK_LOCAL4 = ipaddress.ip_network("169.254.0.0/16")
+LINK_LOCAL6 = ipaddress.ip_network("fe80::/10")
+
+VGW_EXPORT_LIMIT = 100
+TGW_EXPORT_LIMIT = 1000
+VGW_MAX_PREFIX = 1000
+TGW_MAX_PREFIX = 5000
+MAX_PREFIX_ACTIONS = ("warn", "drop", "reset")
+
+
+def check_export_limit(prefixes, limit: int = VGW_EXPORT_LIMIT) -> None:
+    """Raise ValueError when more prefixes are exported than AWS accepts.
+
+    A VGW accepts at most 100 prefixes from a customer gateway (a Transit Gateway 1000);
+    the 101st makes AWS reset the BGP session.
+    """
+    uniq = {str(ipaddress.ip_network(p, strict=False)) for p in prefixes}
+    if len(uniq) > limit:
+        raise ValueError(
+            f"{len(uniq)} prefixes would be advertised to AWS but the limit is {limit} "
+            f"(a virtual private gateway accepts at most 100 prefixes per BGP session; "
+            f"exceeding it resets the session). Summarise the on-prem prefixes.")
+
+
+@dataclass
+class ImportPolicy:
+    """Decides which received prefixes enter the RIB.
+
+    ``mode``: "deny" (RFC 8212 default: nothing), "aws-default", "any" (accept all),
+    or "prefix-list" (only prefixes covered by ``allow``).
+    """
+    mode: str = "deny"
+    own_prefixes: tuple = ()
+    allow: tuple = ()
+    deny: tuple = ()
+    accept_default_route: bool = False
+    _own: list = field(default_factory=list, repr=False)
+    _allow: list = field(default_factory=list, repr=False)
+    _deny: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if self.mode not in ("deny", "aws-default", "any", "prefix-list"):
+            raise ValueError(f"unknown import policy {self.mode!r}")
+        self._own = [ipaddress.ip_network(p, strict=False) for p in self.own_prefixes]
+        self._allow = [ipaddress.ip_network(p, strict=False) for p in self.allow]
+        self._deny = [ipaddress.ip_network(p, strict=False) for p in self.deny]
+        self._cache: dict = {}
+
+    @classmethod
+    def aws_default(cls, own_prefixes=()) -> "ImportPolicy":
+        return cls("aws-default", tuple(own_prefixes))
+
+    @classmethod
+    def from_config(cls, value, own_prefixes=()) -> "ImportPolicy":
+        if isinstance(value, ImportPolicy):
+            return value
+        if value is None:
+            return cls("deny")
+        if isinstance(value, str):
+            return cls(value, tuple(own_prefixes))
+        return cls("prefix-list", tuple(own_prefixes), allow=tuple(value))
+
+    def accepts(self, prefix: str) -> bool:
+        r = self._cache.get(prefix)
+        if r is None:
+            r = self._decide(prefix)
+            if len(self._cache) < 200_000:
+                self._cache[prefix] = r
+        return r
+
+    def reason(self, prefix: str) -> str:
+        return "accepted" if self.accepts(prefix) else self._why(prefix)
+
+    def _why(self, prefix: str) -> str:
+        net = ipaddress.ip_network(prefix, strict=False)
+        if self.mode == "deny":
+            return "no import policy configured (RFC 8212 default deny)"
+        if net.prefixlen == 0:
+            return "default route"
+        if net.version == 4 and net.subnet_of(LINK_LOCAL4):
+            return "inside tunnel address range 169.254.0.0/16"
+        if any(net.version == o.version and net.subnet_of(o) for o in self._own):
+            return "one of our own advertised prefixes"
+        return "not allowed by policy"
+
+    def _decide(self, prefix: str) -> bool:
+        if self.mode == "deny":
+            return False
+        net = ipaddress.ip_network(prefix, strict=False)
+        if any(net.version == d.version and net.subnet_of(d) for d in self._deny):
+            return False
+        if self.mode == "any":
+            return True
+        if net.prefixlen == 0 and not self.accept_default_route:
+            return False
+        if net.version == 4 and net.subnet_of(LINK_LOCAL4):
+            return False
+        if net.version == 6 and (net.subnet_of(LINK_LOCAL6) or net.is_multicast):
+            return False
+        if net.version == 4 and (net.is_multicast or net.is_loopback):
+            return False
+        if any(net.version == o.version and net.subnet_of(o) for o in self._own):
+            return False
+        if self.mode == "prefix-list":
+            return any(net.version == a.version and net.subnet_of(a) for a in self._allow)
+        return True
+
+
+@dataclass
+class ExportPolicy:
+    """What we announce on a tunnel."""
+    prefixes: tuple = ()
+    default_route: bool = False
+    prepend: int = 0          # extra copies of our ASN (makes this tunnel the backup)
+    med: int | None = None
+    limit: int | None = VGW_EXPORT_LIMIT
+
+    def routes(self, local_asn: int) -> list[Route]:
+        """Routes for BgpSession.announce() (the session adds our ASN once itself)."""
+        prefixes = [str(ipaddress.ip_network(p, strict=False)) for p in self.prefixes]
+        if self.default_route:
+            prefixes.append("0.0.0.0/0")
+        seen: dict = {}
+        for p in prefixes:
+            seen.setdefault(p, None)
+        prefixes = list(seen)
+        if self.limit is not None:
+            check_export_limit(prefixes, self.limit)
+        path = ((AS_SEQUENCE, (local_asn,) * self.prepend),) if self.prepend > 0 else ()
+        return [Route(p, None, path, med=self.med) for p in prefixes]

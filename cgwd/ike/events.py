@@ -1,0 +1,61 @@
+"""Events emitted by :class:`cgwd.ike.session.IkePeer` (secret-free in repr)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cgwd.ipsec_sa import IpsecSaPair
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One UDP datagram to send.
+
+    ``data`` is the IKE message *without* the 4-byte non-ESP marker: when ``local_port``
+    is the NAT-T port the adapter prefixes it, unless ``raw`` is set (NAT keepalive
+    ``b"\\xff"``, sent as is)."""
+
+    data: bytes
+    remote: tuple[str, int]
+    local_port: int
+    raw: bool = False
+
+
+@dataclass(frozen=True)
+class Phase1Up:
+    algorithms: str
+
+
+@dataclass(frozen=True)
+class Phase1Down:
+    reason: str
+
+
+@dataclass(frozen=True)
+class IpsecSaUp:
+    """A new IPsec SA pair is ready. ``pair.replaces_spi_in`` names the pair it replaces
+    (make-before-break: switch outbound traffic to the new pair; the old pair's
+    IpsecSaDown follows a few seconds later)."""
+
+    pair: IpsecSaPair
+
+
+@dataclass(frozen=True)
+class IpsecSaDown:
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerDead:
+    pass
+
+
+@dataclass(frozen=True)
+class NatDetected:
+    local_behind_nat: bool
+    peer_behind_nat: bool
+
+
+IkeEvent = Phase1Up | Phase1Down | IpsecSaUp | IpsecSaDown | PeerDead | NatDetected
