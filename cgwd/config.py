@@ -461,7 +461,7 @@ class _Bad(Exception):
 
 def _int(v: Any, lo: int | None = None, hi: int | None = None, what: str = "") -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _Bad(f"must be an integer{what}, not {_tname(v)}")
+        raise _Bad(f"must be an integer, not {_tname(v)}")
     if lo is not None and v < lo or hi is not None and v > hi:
         if hi is None:
             raise _Bad(f"must be at least {lo}{what} (got {v})")
@@ -616,7 +616,7 @@ def _parse_daemon(c: _Collector, d: Any) -> DaemonConfig:
     )
 
 
-def parse_listen(s: str) -> tuple[str, int]:
+def parse_listen(s: str, allow_zero: bool = False) -> tuple[str, int]:
     """``"127.0.0.1:9474"`` / ``"[::1]:9474"`` -> (host, port)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", s)
     if not m:
@@ -628,7 +628,7 @@ def parse_listen(s: str) -> tuple[str, int]:
     except ValueError:
         if host != "localhost":
             raise ValueError(f"{host!r} is not an IP address") from None
-    if not 1 <= port <= 65535:
+    if not (0 if allow_zero else 1) <= port <= 65535:
         raise ValueError(f"port must be 1-65535 (got {port})")
     return host, port
 

@@ -32,7 +32,9 @@ class KernelRoutes:
             raise ValueError(f"protocol id {proto} is reserved by the kernel")
         self.table, self.metric, self.proto = table, metric, proto
         self.netns = netns
-        self._ipr = iproute
+        self._given = iproute
+        self._tls = threading.local()
+        self._all: list = []
         self._lock = threading.RLock()
         self.installed: dict[str, tuple] = {}     # prefix -> tuple[NextHop]
         self.conflicts: dict[str, str] = {}       # prefix -> why not installed
@@ -43,23 +45,36 @@ class KernelRoutes:
     # ------------------------------------------------------------ netlink plumbing
     @property
     def ipr(self):
-        if self._ipr is None:
+        """A pyroute2 IPRoute for the calling thread.
+
+        pyroute2 0.9's synchronous API drives its own asyncio loop, so it cannot be used
+        from a thread that runs an event loop: call KernelRoutes from a worker thread
+        (RoutingTable does) or from synchronous code.
+        """
+        if self._given is not None:
+            return self._given
+        ipr = getattr(self._tls, "ipr", None)
+        if ipr is None:
             if self.netns:
                 from pyroute2 import NetNS
-                self._ipr = NetNS(self.netns)
+                ipr = NetNS(self.netns)
             else:
                 from pyroute2 import IPRoute
-                self._ipr = IPRoute()
-        return self._ipr
+                ipr = IPRoute()
+            self._tls.ipr = ipr
+            with self._lock:
+                self._all.append(ipr)
+        return ipr
 
     def close(self) -> None:
         with self._lock:
-            if self._ipr is not None:
+            for ipr in self._all:
                 try:
-                    self._ipr.close()
+                    ipr.close()
                 except Exception:
                     pass
-                self._ipr = None
+            self._all.clear()
+            self._tls = threading.local()
 
     def _index(self, ifname: str) -> int | None:
         idx = self._ifindex.get(ifname)

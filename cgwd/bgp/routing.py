@@ -80,6 +80,8 @@ class RoutingTable:
                         self.kernel.reconcile(arg)
                     elif kind == "remove_all":
                         self.kernel.remove_all()
+                    elif kind == "flush_stale":
+                        self.kernel.flush_stale(arg)
                     elif kind == "stop":
                         stop = True
                 except Exception:
@@ -159,6 +161,16 @@ class RoutingTable:
             self._q.put(("reconcile", desired))
         else:
             self.kernel.reconcile(desired)
+
+    def startup_cleanup(self, protocol: int | None = None) -> None:
+        """Remove routes a previous (crashed) cgwd left in the kernel (our protocol id)."""
+        if self.kernel is None:
+            return
+        if self._threaded:
+            self._ensure_worker()
+            self._q.put(("flush_stale", protocol))
+        else:
+            self.kernel.flush_stale(protocol)
 
     def clear(self) -> None:
         """Remove every route we installed (daemon shutdown)."""

@@ -153,6 +153,9 @@ class BgpSession:
         """ManualStop (event 2): Cease/Administrative Shutdown on every connection."""
         self._started = False
         was_up = self._established is not None
+        if self._conns:
+            self.last_error = "sent: Cease / Administrative Shutdown" + (f": {reason}" if reason else "")
+            self.last_error_at = now
         for c in list(self._conns.values()):
             if c.state != CONNECT:
                 self._send_notification(c, 6, 2, m.shutdown_data(reason) if reason else b"")

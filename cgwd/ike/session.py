@@ -326,6 +326,7 @@ class _IsakmpSa:
         self.p1_last_block = b""
         self.sai_b = b""
         self.natt: str | None = None  # "rfc" | "draft" | None
+        self.natt_vid = C.VID_NATT_DRAFT_02N
         self.peer_dpd = False
         self.peer_vids: list[bytes] = []
         self.established_at: float | None = None
@@ -1532,7 +1533,8 @@ class IkePeer:
             self._sas.remove(sa)
         self._error(reason)
         self._count("phase1_failures")
-        self._emit(Phase1Down(reason))
+        if self._current_sa() is None:
+            self._emit(Phase1Down(reason))
         if sa.replaces is not None:
             sa.replaces.rekey_started = False
             sa.replaces.rekey_at = now + QM_RETRY_DELAY

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 import sys
 
 from cgwd.esp.datapath import make_datapath
@@ -42,6 +43,9 @@ async def main() -> None:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(ref), local_addr=(cfg["local_address"], 4500)
         )
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     dp = make_datapath(
         "userspace",
         name="test",

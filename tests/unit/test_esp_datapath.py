@@ -244,7 +244,7 @@ def test_lifetime_events_and_hard_removal():
     created = h.a.sa_pair(0x1001).created
     h.a.check_lifetimes(created + 100)
     assert h.events_a == []
-    h.a.check_lifetimes(created + 720)
+    h.a.check_lifetimes(created + 721)
     assert h.events_a == [SaExpiring(0x1001, False)]
     h.a.check_lifetimes(created + 900)
     assert h.events_a[-1] == SaExpiring(0x1001, True)
@@ -256,7 +256,7 @@ def test_byte_lifetime_soft_from_hot_path():
     h = Harness()
     a, b = pair_mirror(0x1001, 0x2002, lifetime_seconds=0, lifetime_kilobytes=1)
     h.a.install(a)
-    for _ in range(12):
+    for _ in range(14):
         h.a.send_inner(ping(56))  # 84 bytes each -> soft at 921 bytes, hard at 1024
     assert SaExpiring(0x1001, False) in h.events_a
     assert SaExpiring(0x1001, True) in h.events_a

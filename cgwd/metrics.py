@@ -1,0 +1,192 @@
+"""Prometheus text exposition (format 0.0.4) from the daemon's status dict.
+
+``render_metrics(status)`` is pure; ``MetricsServer("127.0.0.1:9474", status_fn)`` serves
+``GET /metrics`` only (bounded request, short timeouts).  Off unless
+``daemon.metrics_listen`` is set.  Labels carry tunnel/VPN names, states and drop
+reasons only — never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import re
+from typing import Any, Awaitable, Callable
+
+from .config import parse_listen
+
+__all__ = ["render_metrics", "MetricsServer", "CONTENT_TYPE"]
+
+log = logging.getLogger("cgwd.metrics")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+IKE_STATES = ("established", "connecting", "idle", "down")
+BGP_STATES = ("idle", "connect", "active", "opensent", "openconfirm", "established")
+_LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
+
+
+def _esc(v: Any) -> str:
+    s = str(v)
+    s = s.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return s[:128]
+
+
+def _metric_name_part(s: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", s).strip("_").lower() or "other"
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def add(self, name: str, mtype: str, help_: str, labels: dict[str, Any], value: Any) -> None:
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+            return
+        fam = self.families.setdefault(name, (mtype, help_, []))
+        lbl = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+        fam[2].append(f"{name}{{{lbl}}} {_fmt(value)}" if lbl else f"{name} {_fmt(value)}")
+
+    def text(self) -> str:
+        out = []
+        for name, (mtype, help_, samples) in self.families.items():
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {mtype}")
+            out.extend(samples)
+        return "\n".join(out) + "\n"
+
+
+def _fmt(v: float | int) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+def render_metrics(status: dict) -> str:
+    o = _Out()
+    o.add("cgwd_info", "gauge", "cgwd version and data path", {"version": status.get("version", ""), "datapath": (status.get("datapath") or {}).get("kind", "")}, 1)
+    o.add("cgwd_start_time_seconds", "gauge", "Unix time cgwd started", {}, status.get("started_at"))
+    tunnels = status.get("tunnels") or []
+    for t in tunnels:
+        L = {"tunnel": t.get("name", ""), "vpn": t.get("vpn", "")}
+        ike = t.get("ike") or {}
+        ipsec = t.get("ipsec") or {}
+        bgp = t.get("bgp") or {}
+        dpd = t.get("dpd") or {}
+        sas = ipsec.get("sas") or []
+        up = ike.get("state") == "established" and ipsec.get("state") == "installed" and bgp.get("state") == "established"
+        o.add("cgwd_tunnel_enabled", "gauge", "1 if the tunnel is enabled", L, bool(t.get("enabled", True)))
+        o.add("cgwd_tunnel_up", "gauge", "1 if IKE, IPsec and BGP are all up", L, up)
+        o.add("cgwd_tunnel_nat_udp_encap", "gauge", "1 if ESP is UDP-encapsulated (NAT-T)", L, bool(((t.get("outside") or {}).get("nat") or {}).get("udp_encap")))
+        st = ike.get("state", "idle")
+        for s in IKE_STATES:
+            o.add("cgwd_ike_state", "gauge", "IKE SA state (1 for the current state)", {**L, "state": s}, st == s)
+        o.add("cgwd_ike_established_timestamp_seconds", "gauge", "when the IKE SA was established", L, ike.get("established_at"))
+        o.add("cgwd_ike_rekey_timestamp_seconds", "gauge", "when the IKE SA will be rekeyed", L, ike.get("rekey_at"))
+        for k, v in sorted((ike.get("counters") or {}).items()):
+            o.add("cgwd_ike_events_total", "counter", "IKE events (rekeys, retransmits, failures...)", {**L, "event": _metric_name_part(k)}, v)
+        o.add("cgwd_ipsec_sa_installed", "gauge", "number of installed ESP SA pairs", L, len(sas) if ipsec.get("state") == "installed" else 0)
+        o.add("cgwd_ipsec_packets_total", "counter", "ESP packets", {**L, "direction": "in"}, ipsec.get("packets_in", sum(s.get("packets_in", 0) for s in sas)))
+        o.add("cgwd_ipsec_packets_total", "counter", "ESP packets", {**L, "direction": "out"}, ipsec.get("packets_out", sum(s.get("packets_out", 0) for s in sas)))
+        o.add("cgwd_ipsec_bytes_total", "counter", "ESP payload bytes of the current SAs", {**L, "direction": "in"}, sum(s.get("bytes_in", 0) for s in sas))
+        o.add("cgwd_ipsec_bytes_total", "counter", "ESP payload bytes of the current SAs", {**L, "direction": "out"}, sum(s.get("bytes_out", 0) for s in sas))
+        o.add("cgwd_ipsec_replay_drops_total", "counter", "ESP packets dropped by the replay window (current SAs)", L, sum(s.get("replay_drops", 0) for s in sas))
+        o.add("cgwd_ipsec_auth_failures_total", "counter", "ESP packets failing integrity check (current SAs)", L, sum(s.get("auth_failures", 0) for s in sas))
+        for s in sas:
+            o.add("cgwd_ipsec_sa_expiry_timestamp_seconds", "gauge", "when the ESP SA expires", {**L, "spi_in": s.get("spi_in", "")}, s.get("expires_at"))
+        for reason, n in sorted((ipsec.get("drops") or {}).items()):
+            o.add("cgwd_tunnel_drops_total", "counter", "packets dropped on this tunnel, by reason", {**L, "reason": _metric_name_part(reason)}, n)
+        o.add("cgwd_dpd_outstanding", "gauge", "DPD requests without answer", L, dpd.get("outstanding"))
+        o.add("cgwd_dpd_last_seen_timestamp_seconds", "gauge", "last time the peer was heard from", L, dpd.get("last_seen"))
+        bs = bgp.get("state", "idle")
+        for s in BGP_STATES:
+            o.add("cgwd_bgp_state", "gauge", "BGP session state (1 for the current state)", {**L, "state": s}, bs == s)
+        o.add("cgwd_bgp_established_timestamp_seconds", "gauge", "when the BGP session was established", L, bgp.get("uptime_since") if bs == "established" else None)
+        o.add("cgwd_bgp_prefixes_received", "gauge", "prefixes received from AWS", L, bgp.get("prefixes_received"))
+        o.add("cgwd_bgp_prefixes_advertised", "gauge", "prefixes advertised to AWS", L, bgp.get("prefixes_advertised"))
+        o.add("cgwd_bgp_messages_total", "counter", "BGP messages", {**L, "direction": "in"}, bgp.get("messages_in"))
+        o.add("cgwd_bgp_messages_total", "counter", "BGP messages", {**L, "direction": "out"}, bgp.get("messages_out"))
+        o.add("cgwd_bgp_hold_time_seconds", "gauge", "negotiated BGP hold time", L, bgp.get("hold_time"))
+    routes = status.get("routes") or []
+    per: dict[str, list[int]] = {}
+    for r in routes:
+        c = per.setdefault(str(r.get("tunnel", "")), [0, 0])
+        c[0] += 1
+        c[1] += bool(r.get("installed"))
+    for tun, (n, inst) in sorted(per.items()):
+        o.add("cgwd_routes", "gauge", "learned routes whose best path uses the tunnel", {"tunnel": tun}, n)
+        o.add("cgwd_routes_installed", "gauge", "learned routes installed in the kernel", {"tunnel": tun}, inst)
+    for reason, n in sorted((status.get("drops") or {}).items()):
+        o.add("cgwd_drops_total", "counter", "packets dropped outside a tunnel, by reason", {"reason": _metric_name_part(reason)}, n)
+    return o.text()
+
+
+StatusFn = Callable[[], "dict | Awaitable[dict]"]
+
+
+class MetricsServer:
+    """Tiny HTTP/1.0 server: ``GET /metrics`` -> the exposition; anything else 404/405."""
+
+    MAX_REQUEST = 8192
+    TIMEOUT = 5.0
+
+    def __init__(self, listen: str, status_fn: StatusFn):
+        self.host, self.port = parse_listen(listen, allow_zero=True)
+        self.status_fn = status_fn
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def bound_port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=self.MAX_REQUEST)
+        log.info("metrics on http://%s:%d/metrics", self.host, self.bound_port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.TIMEOUT)
+            except (asyncio.LimitOverrunError, ValueError):
+                return await self._send(writer, 431, "request too large\n")
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                return
+            parts = head.split(b"\r\n", 1)[0].split()
+            if len(parts) != 3:
+                return await self._send(writer, 400, "bad request\n")
+            method, target = parts[0], parts[1].split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                return await self._send(writer, 405, "only GET /metrics\n", extra="Allow: GET, HEAD\r\n")
+            if target != b"/metrics":
+                return await self._send(writer, 404, "not found: try /metrics\n")
+            st = self.status_fn()
+            if inspect.isawaitable(st):
+                st = await st
+            await self._send(writer, 200, render_metrics(st), ctype=CONTENT_TYPE, head=method == b"HEAD")
+        except Exception:
+            log.exception("metrics request failed")
+            with contextlib.suppress(Exception):
+                await self._send(writer, 500, "internal error\n")
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _send(self, writer, code: int, body: str, ctype: str = "text/plain; charset=utf-8", extra: str = "", head: bool = False) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large", 500: "Internal Server Error"}[code]
+        data = body.encode()
+        hdr = f"HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n{extra}\r\n"
+        writer.write(hdr.encode() + (b"" if head else data))
+        await writer.drain()

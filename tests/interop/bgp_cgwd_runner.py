@@ -1,0 +1,102 @@
+"""cgwd BGP side for interop tests: run inside a network namespace (ip netns exec).
+
+Usage: python bgp_cgwd_runner.py CONFIG.json
+CONFIG: {"router_id", "local_asn", "tunnels": [{"name","ifname","local","remote","remote_asn",
+         "hold_time"?, "prepend"?, "med"?}], "export": [...], "status_file", "ecmp"?,
+         "max_prefix"?, "table"?, "metric"?}
+Writes status JSON to status_file every 0.5 s; on SIGTERM stops the sessions
+(Cease), removes its kernel routes, writes a final status and exits 0.
+"""
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from cgwd.bgp.kernel import KernelRoutes  # noqa: E402
+from cgwd.bgp.policy import ExportPolicy  # noqa: E402
+from cgwd.bgp.routing import RoutingTable  # noqa: E402
+from cgwd.bgp.session import BgpPeerConfig, BgpSession, SessionDown, SessionUp  # noqa: E402
+from cgwd.bgp.speaker import BgpSpeaker  # noqa: E402
+
+
+async def main(cfg_path):
+    cfg = json.load(open(cfg_path))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    kernel = KernelRoutes(cfg.get("table", 254), cfg.get("metric", 100))
+    rt = RoutingTable(kernel=kernel, ecmp=cfg.get("ecmp", False), import_policy="aws-default",
+                      max_prefix=cfg.get("max_prefix", 1000),
+                      max_prefix_action=cfg.get("max_prefix_action", "warn"),
+                      own_prefixes=cfg.get("export", []))
+    rt.startup_cleanup()
+    history = []
+    speakers = {}
+    for i, t in enumerate(cfg["tunnels"]):
+        sess = BgpSession(BgpPeerConfig(
+            local_address=t["local"], remote_address=t["remote"], local_asn=cfg["local_asn"],
+            remote_asn=t["remote_asn"], router_id=cfg["router_id"],
+            hold_time=t.get("hold_time", 30), connect_retry=t.get("connect_retry", 2)))
+
+        def then(ev, name=t["name"]):
+            if isinstance(ev, (SessionUp, SessionDown)):
+                history.append({"tunnel": name, "event": type(ev).__name__,
+                                "reason": getattr(ev, "reason", ""),
+                                "notification": list(ev.notification[:2]) if getattr(ev, "notification", None) else None,
+                                "t": time.monotonic()})
+        sp = BgpSpeaker(sess, local_address=t["local"], remote_address=t["remote"],
+                        port=t.get("port", 179), on_event=rt.event_handler(t["name"], sess, then))
+        exp = ExportPolicy(tuple(cfg.get("export", [])), prepend=t.get("prepend", 0), med=t.get("med"))
+        sess.announce(exp.routes(cfg["local_asn"]))
+        speakers[t["name"]] = sp
+        rt.tunnel_up(t["name"], t["ifname"], t["remote"], index=i)
+        await sp.start()
+    maint = asyncio.ensure_future(rt.maintain(cfg.get("reconcile_interval", 5)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    max_lag = [0.0]
+
+    async def lag_probe():
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.05)
+            max_lag[0] = max(max_lag[0], loop.time() - t0 - 0.05)
+
+    probe = asyncio.ensure_future(lag_probe())
+
+    def write_status(final=False):
+        st = {"sessions": {n: sp.status() for n, sp in speakers.items()},
+              "routes_count": len(rt.rib.selected),
+              "installed_count": len(kernel.installed),
+              "routes": rt.routes() if len(rt.rib.selected) <= 50 else [],
+              "history": history, "max_loop_lag": max_lag[0], "final": final,
+              "kernel_errors": rt.kernel_errors, "conflicts": len(kernel.conflicts)}
+        tmp = cfg["status_file"] + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(st, f, default=str)
+        os.replace(tmp, cfg["status_file"])
+
+    while not stop.is_set():
+        write_status()
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+    for sp in speakers.values():
+        await sp.stop("cgwd test runner stopping")
+    rt.clear()
+    await loop.run_in_executor(None, rt.flush)
+    maint.cancel()
+    probe.cancel()
+    write_status(final=True)
+    rt.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))

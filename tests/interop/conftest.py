@@ -1,0 +1,90 @@
+"""Fixtures that build the lab topology (cgwd.lab) for interop tests, and always tear it down.
+
+`lab_factory(**spec)` builds a Lab with the given LabSpec fields (proposals, lifetimes, DPD,
+NAT, number of tunnels, ...). Every lab gets a unique namespace prefix; after the test the
+lab is removed even when the test failed, and the fixture checks nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+
+import pytest
+
+from cgwd.lab.bird import bird_available
+from cgwd.lab.cli import cgwctl_status, cgwd_ready, import_config, start_cgwd
+from cgwd.lab.strongswan import charon_available
+from cgwd.lab.topology import AwsTunnelSpec, Lab, LabSpec, leftovers
+
+_counter = itertools.count(1)
+
+
+def interop_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "interop tests need root (network namespaces); run them as root"
+    for tool in ("ip", "iptables", "ping"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return charon_available() or bird_available()
+
+
+@pytest.fixture
+def lab_factory(request):
+    reason = interop_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    labs: list[Lab] = []
+
+    def make(*, aws: list[AwsTunnelSpec] | None = None, up: bool = True, **kw) -> Lab:
+        prefix = kw.pop("prefix", f"it{os.getpid() % 1000}x{next(_counter)}")
+        spec = LabSpec(prefix=prefix, aws=list(aws or []), **kw)
+        lab = Lab(spec)
+        labs.append(lab)
+        if up:
+            lab.up()
+        return lab
+
+    yield make
+    problems = []
+    for lab in labs:
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            _dump_logs(lab)
+        lab.down()
+        left = leftovers(lab.spec.prefix)
+        if left:
+            problems.append(f"lab {lab.spec.prefix} left: {left}")
+    assert not problems, problems
+
+
+def _dump_logs(lab: Lab) -> None:
+    for root, _dirs, files in os.walk(lab.workdir):
+        for name in files:
+            if name.endswith(".log"):
+                path = os.path.join(root, name)
+                with open(path, errors="replace") as f:
+                    tail = f.readlines()[-40:]
+                print(f"----- {path} (last {len(tail)} lines)\n" + "".join(tail))
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def cgwd_in_lab():
+    """Start cgwd in a lab's customer namespace from the lab's imported AWS XML."""
+
+    def start(lab: Lab, *, config: str | None = None):
+        config = config or import_config(lab)
+        proc = start_cgwd(lab, config)
+        return proc
+
+    return start
+
+
+__all__ = ["cgwctl_status", "cgwd_ready"]

@@ -1,0 +1,26 @@
+NOW = 1700003600.0
+SAMPLE = {
+    "version": "0.1.0", "pid": 123, "started_at": 1700000000.0, "now": NOW,
+    "datapath": {"requested": "auto", "kind": "userspace", "reason": "no xfrm support"},
+    "tunnels": [
+        {"name": "tun1", "vpn": "vpn-1", "ifname": "cgw-tun1", "enabled": True,
+         "outside": {"local": "192.168.1.10", "remote": "198.51.100.2", "public": "203.0.113.2", "nat": {"local_behind_nat": True, "peer_behind_nat": False, "udp_encap": True}},
+         "ike": {"state": "established", "algorithms": "aes128-sha1-modp1024", "established_at": NOW - 600, "rekey_at": NOW + 27000, "last_error": None, "counters": {"rekeys": 2, "retransmits": 1}},
+         "ipsec": {"state": "installed", "sas": [{"spi_in": "c1234567", "spi_out": "0badf00d", "algorithms": "aes128-sha1", "udp_encap": True, "packets_in": 10, "packets_out": 12, "bytes_in": 1000, "bytes_out": 1200, "replay_drops": 1, "auth_failures": 0, "established_at": NOW - 600, "rekey_at": NOW + 2400, "expires_at": NOW + 3000}], "packets_in": 10, "packets_out": 12, "drops": {"replay": 1}},
+         "dpd": {"interval": 10, "retries": 3, "last_seen": NOW - 4, "outstanding": 0},
+         "bgp": {"state": "established", "peer": "169.254.10.1", "local": "169.254.10.2", "remote_asn": 64512, "local_asn": 65000, "uptime_since": NOW - 500, "hold_time": 30, "keepalive": 10, "prefixes_received": 0, "prefixes_advertised": 1, "messages_in": 60, "messages_out": 61, "last_error": None}},
+        {"name": "tun2", "vpn": "vpn-1", "ifname": "cgw-tun2", "enabled": True,
+         "outside": {"local": "192.168.1.10", "remote": "198.51.100.3", "public": "203.0.113.2", "nat": {}},
+         "ike": {"state": "connecting", "algorithms": None, "last_error": None, "counters": {}},
+         "ipsec": {"state": "none", "sas": [], "drops": {}},
+         "dpd": {"interval": 10, "retries": 3, "last_seen": None, "outstanding": 0},
+         "bgp": {"state": "idle", "peer": "169.254.11.1", "local": "169.254.11.2", "remote_asn": 64512, "local_asn": 65000, "prefixes_received": 0, "prefixes_advertised": 0}},
+        {"name": "tun3", "vpn": "vpn-2", "ifname": "cgw-tun3", "enabled": True,
+         "outside": {"local": "192.168.1.10", "remote": "198.51.100.4"},
+         "ike": {"state": "established", "algorithms": "aes256-sha256-modp2048", "established_at": NOW - 60, "rekey_at": NOW + 100},
+         "ipsec": {"state": "none", "sas": []},
+         "bgp": {"state": "idle"}},
+    ],
+    "routes": [{"prefix": "10.100.0.0/16", "tunnel": "tun1", "nexthop": "169.254.10.1", "as_path": [64512], "med": None, "installed": True}],
+    "drops": {"no_sa": 3, "bad \"reason\"\n": 1},
+}

@@ -1,0 +1,106 @@
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+
+from cgwd.cli import main
+from cgwd.control import ControlServer
+from conftest import BASE, PSK1, PSK2
+from sample_status import SAMPLE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CGWCTL = [sys.executable, "-c", "import sys; from cgwd.cli import main; sys.exit(main())"]
+
+
+def run(*args):
+    return subprocess.run(CGWCTL + list(args), capture_output=True, text=True, cwd=ROOT)
+
+
+def test_not_running_exit_3(tmp_path):
+    for cmd in (["status"], ["status", "--json"], ["up", "tun1"], ["reload"]):
+        r = run("--socket", str(tmp_path / "x.sock"), *cmd)
+        assert r.returncode == 3
+        assert r.stderr.strip() == f"cgwctl: cgwd is not running (no socket at {tmp_path / 'x.sock'})"
+
+
+def test_config_check(write_cfg):
+    r = run("config", "check", write_cfg(BASE))
+    assert r.returncode == 0 and r.stdout.startswith("OK: 1 VPN connection(s), 2 tunnel(s)")
+    r = run("config", "check", write_cfg(BASE.replace(PSK1, "bad$psk!!").replace('name = "tun2"', 'name = "tun1"')))
+    assert r.returncode == 1 and "must be 8-64 characters" in r.stderr and "duplicate tunnel name" in r.stderr
+    assert "bad$psk!!" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+    r = run("config", "check", write_cfg(BASE, mode=0o644))
+    assert r.returncode == 0 and "chmod 600" in r.stdout
+
+
+def test_help_documents_everything():
+    r = run("--help")
+    for word in ("status", "up", "down", "rekey", "reload", "config check", "import aws", "lab"):
+        assert word in r.stdout
+    r = run("import", "aws", "--help")
+    for word in ("--local-address", "--advertise", "--name", "--merge", "-o"):
+        assert word in r.stdout
+
+
+def test_status_and_commands_against_server(tmp_path, capsys):
+    path = str(tmp_path / "cgwd.sock")
+    seen = []
+
+    async def handler(req):
+        seen.append(req)
+        if req["cmd"] == "status":
+            return {"ok": True, "status": SAMPLE}
+        if req["cmd"] == "down" and req["tunnel"] == "nope":
+            return {"ok": False, "error": "no tunnel named 'nope'"}
+        return {"ok": True, "message": f"{req['cmd']}: done"}
+
+    loop = asyncio.new_event_loop()
+    srv = ControlServer(path, handler)
+    loop.run_until_complete(srv.start())
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    try:
+        assert main(["--socket", path, "status"]) == 0
+        out = capsys.readouterr().out
+        assert "only 1 of 2 tunnels up: no redundancy" in out
+        assert main(["--socket", path, "status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(SAMPLE))
+        assert main(["status", "--socket", path]) == 0
+        capsys.readouterr()
+        assert main(["--socket", path, "rekey", "tun1"]) == 0
+        assert capsys.readouterr().out.strip() == "rekey: done"
+        assert main(["--socket", path, "down", "nope"]) == 1
+        assert "no tunnel named 'nope'" in capsys.readouterr().err
+        assert {"cmd": "rekey", "tunnel": "tun1"} in seen
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(5)
+        loop.run_until_complete(srv.close())
+        loop.close()
+
+
+def test_lab_dispatch(monkeypatch, capsys):
+    import types
+
+    called = {}
+    mod = types.ModuleType("cgwd.lab.cli")
+    mod.main = lambda argv: called.setdefault("argv", argv) and 0
+    monkeypatch.setitem(sys.modules, "cgwd.lab.cli", mod)
+    assert main(["lab", "up", "--help"]) == 0
+    assert called["argv"] == ["up", "--help"]
+
+
+def test_psk_never_in_output(tmp_path, data_path, write_cfg):
+    cfgp = write_cfg(BASE)
+    outs = []
+    for args in (["config", "check", cfgp], ["--help"], ["status", "--socket", str(tmp_path / "n.sock")],
+                 ["import", "aws", data_path("aws_vpn.xml"), "-o", str(tmp_path / "o.toml")],
+                 ["import", "aws", data_path("aws_vpn.xml"), "--merge", str(tmp_path / "o.toml")],
+                 ["config", "check", str(tmp_path / "o.toml")]):
+        r = run(*args)
+        outs.append(r.stdout + r.stderr)
+    text = "\n".join(outs)
+    for psk in (PSK1, PSK2, "Iw2IAN9XUsQeYUrkMGP3kP59ugFDkfHg", "uoAp_DrEd9VMwfygsBfTlyT46GYCpe4_"):
+        assert psk not in text
