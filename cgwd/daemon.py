@@ -234,10 +234,10 @@ class Tunnel:
         c = self.cfg
         ike = self.peer.status() if self.peer else {}
         dp = self.datapath.stats() if self.datapath else {}
-        sas_dp = {s.get("spi_in"): s for s in dp.get("sas", [])}
+        sas_dp = {int(str(s.get("spi_in")), 16): s for s in dp.get("sas", []) if s.get("spi_in")}
         sas = []
         for sa in ike.get("ipsec_sas", []):
-            d = sas_dp.get(sa["spi_in"], {})
+            d = sas_dp.get(int(sa["spi_in"], 16), {})
             sas.append({
                 "spi_in": sa["spi_in"], "spi_out": sa["spi_out"], "algorithms": sa["algorithms"],
                 "udp_encap": sa["udp_encap"],
@@ -389,7 +389,7 @@ class Daemon:
         try:
             from pyroute2 import IPRoute
             with IPRoute() as ipr:
-                for t in self.config.tunnels():
+                for t in self.config.tunnels:
                     idx = ipr.link_lookup(ifname=t.ifname)
                     if idx:
                         ipr.link("del", index=idx[0])
@@ -416,7 +416,7 @@ class Daemon:
         for sig, fn in ((signal.SIGTERM, self._stop.set), (signal.SIGINT, self._stop.set),
                         (signal.SIGHUP, self._reload.set)):
             loop.add_signal_handler(sig, fn)
-        self._cleanup_previous_run()
+        await asyncio.to_thread(self._cleanup_previous_run)
         sock = self.socket_override or self.config.daemon.socket
         self.control = ControlServer(sock, self.handle_control)
         try:
@@ -495,8 +495,8 @@ class Daemon:
             log.error("event=reload-rejected error=%s", exc)
             self.notifier.ready(self.summary())
             return {"ok": False, "error": f"config rejected, running config kept: {exc}"}
-        old_fp = {t.name: t.fingerprint() for t in self.config.tunnels()}
-        new_fp = {t.name: t.fingerprint() for t in new.tunnels()}
+        old_fp = {t.name: t.fingerprint() for t in self.config.tunnels}
+        new_fp = {t.name: t.fingerprint() for t in new.tunnels}
         changed = [n for n in new_fp if n in old_fp and new_fp[n] != old_fp[n]]
         removed = [n for n in old_fp if n not in new_fp]
         added = [n for n in new_fp if n not in old_fp]

@@ -312,10 +312,11 @@ def check_header(buf, off: int = 0) -> tuple[int, int] | None:
 
 # ------------------------------------------------------------------- OPEN
 def encode_open(asn: int, hold_time: int, router_id: str, capabilities: list) -> bytes:
-    caps = b"".join(struct.pack("!BB", c.code, len(c.value)) + c.value for c in capabilities)
+    # one capability per optional parameter (RFC 5492 allows either; the widest parsed form)
     params = b""
-    if caps:
-        params = struct.pack("!BB", 2, len(caps)) + caps
+    for c in capabilities:
+        cap = struct.pack("!BB", c.code, len(c.value)) + c.value
+        params += struct.pack("!BB", 2, len(cap)) + cap
     my_as = asn if asn <= 0xFFFF else AS_TRANS
     body = struct.pack("!BHH4sB", 4, my_as, hold_time,
                        ipaddress.IPv4Address(router_id).packed, len(params)) + params

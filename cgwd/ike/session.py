@@ -1248,6 +1248,9 @@ class IkePeer:
             qm.id_ci = (ids[0].id_type, ids[0].data)
             qm.id_cr = (ids[1].id_type, ids[1].data)
         ch.lifetime = ch.lifetime or self.config.ipsec_lifetime
+        shorter = ch.lifetime > self.config.ipsec_lifetime
+        if shorter:
+            ch.lifetime = self.config.ipsec_lifetime
         qm.choice = ch
         qm.spi_out = int.from_bytes(prop.spi, "big")
         qm.spi_in = self._new_spi()
@@ -1256,6 +1259,12 @@ class IkePeer:
             SaPayload(proposals=[Proposal(prop.number, C.PROTO_IPSEC_ESP, qm.spi_in.to_bytes(4, "big"), [t])]),
             NoncePayload(data=qm.nr),
         ]
+        if shorter:
+            # RFC 2407 4.6.3.1: tell the initiator we use a shorter lifetime
+            life = [Attribute(C.P2_LIFE_TYPE, C.LIFE_SECONDS), Attribute(C.P2_LIFE_DURATION, ch.lifetime, True)]
+            out.append(NotifyPayload(notify_type=C.N_RESPONDER_LIFETIME, protocol=C.PROTO_IPSEC_ESP,
+                                     spi=qm.spi_in.to_bytes(4, "big"),
+                                     data=b"".join(a.encode() for a in life)))
         if ch.algs.group:
             if len(ke) != 1:
                 raise _Drop("bad_qm1", "PFS group without KE")

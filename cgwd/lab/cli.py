@@ -116,7 +116,11 @@ def cmd_up(args) -> int:
             print(lab.ref_charon.list_sas())
             print(lab.ref_bird.birdc("show", "protocols"))
         print(f"lab: routes to the VPC in {lab.cgw.name}:\n  " + (lab.cgw_routes().strip() or "(none)"))
-        ok = lab.ping(3)
+        try:
+            lab.wait_ping(timeout=20)  # the VPC side learns the return route a moment after BGP is up
+            ok = lab.ping(3)
+        except LabError:
+            ok = False
         took = time.monotonic() - t0
         verdict = "OK" if ok else "FAILED"
         print(f"lab: ping {spec.onprem_host} (on-prem) -> {spec.vpc_host} (VPC) through the tunnel: {verdict}"

@@ -110,7 +110,7 @@ def test_bird_withdraw_and_reconcile_after_route_removed():
 @need_gobgp
 def test_gobgp_four_octet_asn():
     with Lab("gobgp", n_links=1) as lab:
-        lab.start_gobgp(0, local_as=4200000000, routes=("10.200.0.0/16",))
+        lab.start_gobgp(0, local_as=4200000000, remote_as=4200000001, routes=("10.200.0.0/16",))
         lab.start_cgwd(local_asn=4200000001, remote_asns={0: 4200000000})
         wait_for(lambda: established(lab), 40, what="session with GoBGP Established")
         wait_for(lambda: "10.200.0.0/16" in routes_via(lab), 15, what="GoBGP route installed")
