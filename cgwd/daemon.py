@@ -537,8 +537,8 @@ class Daemon:
                          "reason": self.datapath_reason},
             "tunnels": [t.status(self._mono_to_wall) for t in self.tunnels.values()],
             "routes": routes,
-            "drops": {**self.drops, **{f"ike_{k}": v for ep in self.endpoints.values()
-                                       for k, v in ep.counters.items()}},
+            "drops": {**self.drops, **{f"ike_{k.removeprefix('drop_')}": v for ep in self.endpoints.values()
+                                       for k, v in ep.counters.items() if k.startswith("drop")}},
         }
 
     async def handle_control(self, req: dict) -> dict:

@@ -177,7 +177,7 @@ def _format_tunnel(t: dict, now: float) -> list[str]:
         out.append(_line("BGP", f"Established, up {_since(now, bgp.get('uptime_since'))}, {peer}"))
     else:
         out.append(_line("BGP", f"{bs.capitalize()}, {peer}" + (f" (last error: {bgp['last_error']})" if bgp.get("last_error") else "")))
-    out.append(_line("", f"hold {bgp.get('hold_time', '-')}s keepalive {bgp.get('keepalive', '-')}s; prefixes received {bgp.get('prefixes_received', 0)}, advertised {bgp.get('prefixes_advertised', 0)}; messages in {bgp.get('messages_in', 0)} out {bgp.get('messages_out', 0)}"))
+    out.append(_line("", f"hold {bgp.get('hold_time', '-')}s keepalive {bgp.get('keepalive', '-')}s; prefixes received {bgp.get('prefixes_received', 0)}, advertised {bgp.get('prefixes_advertised', 0)}; messages in {_msg_count(bgp.get('messages_in'))} out {_msg_count(bgp.get('messages_out'))}"))
     for h in hints_for_tunnel(t, now):
         out.append(_line("!", h))
     return out
@@ -226,13 +226,13 @@ def format_status(status: dict, now: float | None = None) -> str:
     lines.append("")
     if routes:
         lines.append(f"Learned routes ({len(routes)}):")
-        lines.append(f"  {'prefix':<20} {'tunnel':<12} {'next hop':<16} {'AS path':<16} {'MED':<6} installed")
+        lines.append(f"  {'prefix':<20} {'tunnel':<12} {'next hop':<16} {'AS path':<16} {'MED':<6} state")
         for r in routes:
             asp = " ".join(str(a) for a in r.get("as_path") or []) or "-"
             med = r.get("med")
-            lines.append(f"  {str(r.get('prefix', '-')):<20} {str(r.get('tunnel', '-')):<12} {str(r.get('nexthop', '-')):<16} {asp:<16} {('-' if med is None else str(med)):<6} {'yes' if r.get('installed') else 'NO'}")
-        if any(not r.get("installed") for r in routes):
-            lines.append("  ! some routes are not installed in the kernel: see `journalctl -u cgwd`")
+            lines.append(f"  {str(r.get('prefix', '-')):<20} {str(r.get('tunnel', '-')):<12} {str(r.get('nexthop', '-')):<16} {asp:<16} {('-' if med is None else str(med)):<6} {_route_state(r)}")
+        if any(r.get("best", True) and not r.get("installed") for r in routes):
+            lines.append("  ! a best route is not in the kernel: see `journalctl -u cgwd`")
     else:
         lines.append("Learned routes: none")
     drops = status.get("drops") or {}
@@ -243,3 +243,20 @@ def format_status(status: dict, now: float | None = None) -> str:
         lines.append("")
         lines.extend(summary)
     return "\n".join(lines) + "\n"
+
+
+def _route_state(r: dict) -> str:
+    """best+installed: "active"; a path BGP did not choose: "backup"; "stale" kept by graceful restart."""
+    if r.get("stale"):
+        return "stale (graceful restart)"
+    if not r.get("best", True):
+        return "backup"
+    return "active" if r.get("installed") else "NOT IN KERNEL"
+
+
+def _msg_count(v) -> str:
+    """Message counters by type -> "12 (open 1, update 3, keepalive 8)"."""
+    if not isinstance(v, dict):
+        return str(v if v is not None else 0)
+    parts = ", ".join(f"{k.replace('_', '-')} {n}" for k, n in v.items() if n)
+    return f"{sum(n for n in v.values() if isinstance(n, int))}" + (f" ({parts})" if parts else "")

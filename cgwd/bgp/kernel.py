@@ -12,7 +12,9 @@ installed with the same prefix/metric is left alone (counted in ``conflicts``).
 """
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -23,6 +25,35 @@ log = logging.getLogger("cgwd.bgp.kernel")
 RTPROT_CGWD = 196
 DEFAULT_TABLE = 254
 DEFAULT_METRIC = 100
+
+
+def _off_loop(fn):
+    """Run ``fn`` in a helper thread when called from a thread running an asyncio loop.
+
+    pyroute2 0.9's synchronous IPRoute drives its own event loop and fails with "This
+    event loop is already running" inside one.  The call still blocks the caller (use
+    RoutingTable's worker thread for the hot path); this only keeps it correct.
+    """
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(self, *a, **kw)
+        box = {}
+
+        def run():
+            try:
+                box["r"] = fn(self, *a, **kw)
+            except BaseException as e:   # re-raised in the caller
+                box["e"] = e
+        t = threading.Thread(target=run, name="cgwd-kernel-call")
+        t.start()
+        t.join()
+        if "e" in box:
+            raise box["e"]
+        return box.get("r")
+    return wrapper
 
 
 class KernelRoutes:
@@ -148,6 +179,7 @@ class KernelRoutes:
         return True
 
     # ------------------------------------------------------------ public API
+    @_off_loop
     def apply(self, changes) -> None:
         """Apply a rib.RibChanges (add / replace / remove)."""
         with self._lock:
@@ -169,6 +201,7 @@ class KernelRoutes:
                 if self._add(p, nhs):
                     self.installed[p] = nhs
 
+    @_off_loop
     def remove_all(self) -> None:
         with self._lock:
             for p in list(self.installed):
@@ -177,6 +210,7 @@ class KernelRoutes:
             self.conflicts.clear()
             self.failed.clear()
 
+    @_off_loop
     def dump(self) -> dict[str, list[tuple[str, int]]]:
         """Our routes in the kernel table: prefix -> [(gateway, oif), ...]."""
         out: dict[str, list] = {}
@@ -206,6 +240,7 @@ class KernelRoutes:
                     out[str(ipaddress.ip_network(prefix, strict=False))] = sorted(hops, key=str)
         return out
 
+    @_off_loop
     def reconcile(self, desired: dict) -> dict:
         """Make the kernel match ``desired`` (prefix -> tuple[NextHop]) for our routes.
 
@@ -253,6 +288,7 @@ class KernelRoutes:
             log.info("kernel reconcile: %s", stats)
         return stats
 
+    @_off_loop
     def flush_stale(self, protocol: int | None = None) -> int:
         """Start-up cleanup after a crash: delete every route with our protocol id (or
         ``protocol``) in our table.  Routes of other protocols are never touched."""
@@ -273,8 +309,9 @@ class KernelRoutes:
                     if (msg.get_attr("RTA_TABLE") or msg.get("table")) != self.table:
                         continue
                     dst = msg.get_attr("RTA_DST") or ("::" if fam == socket.AF_INET6 else "0.0.0.0")
+                    # the dumped route's own scope: a delete with another scope matches nothing
                     kw = {"dst": f"{dst}/{msg['dst_len']}", "table": self.table, "proto": proto,
-                          "family": fam}
+                          "family": fam, "scope": msg.get("scope", 0)}
                     prio = msg.get_attr("RTA_PRIORITY")
                     if prio is not None:
                         kw["priority"] = prio

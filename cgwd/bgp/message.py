@@ -814,7 +814,10 @@ def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
                 med = struct.unpack("!I", val)[0]
         elif code == ATTR_LOCAL_PREF:
             if not ibgp:
-                continue        # RFC 4271 5.1.5 / 7606 7.5: ignored from an external peer
+                # RFC 4271 5.1.5 / 7606 7.5: ignored (discarded) from an external peer
+                if len(val) != 4:
+                    errors.append("malformed LOCAL_PREF from external peer discarded")
+                continue
             if len(val) != 4:
                 errors.append("malformed LOCAL_PREF")
                 taw = True

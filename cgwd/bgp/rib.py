@@ -289,6 +289,11 @@ class Rib:
                 })
         return out
 
+    def prefix_count(self, name: str) -> int:
+        """Accepted prefixes in the Adj-RIB-In of tunnel ``name``."""
+        t = self.tunnels.get(name)
+        return len(t.rib_in) if t is not None else 0
+
     def counts(self, name: str) -> dict:
         t = self._tunnel(name)
         return {"accepted": len(t.rib_in), "rejected": t.rejected, "stale": len(t.stale),

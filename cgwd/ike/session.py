@@ -1419,8 +1419,9 @@ class IkePeer:
             if len(n.data) != 4:
                 raise _Drop("bad_dpd")
             seq = int.from_bytes(n.data, "big")
-            if self._dpd_outstanding and seq == self._dpd_seq:
+            if seq == self._dpd_seq:
                 self._dpd_outstanding = 0
+                self._count("dpd_acked")
             else:
                 self._count("dpd_unexpected_ack")
         elif t == C.N_INITIAL_CONTACT:
