@@ -39,7 +39,7 @@ def test_speakers_establish_exchange_and_stop():
         sa, a = make("127.0.0.2", "127.0.0.3", 65000, 64512, "10.0.0.2", port, ea)
         sb, b = make("127.0.0.3", "127.0.0.2", 64512, 65000, "10.0.0.1", port, eb)
         n = 20000
-        sb.announce([Route(f"10.{i // 256 % 256}.{i % 256}.0/24") for i in range(n)])
+        sb.announce([Route(f"10.{i // 256 % 256}.{i % 256}.0/24", "192.0.2.1") for i in range(n)])  # loopback next hops are invalid
         sa.announce(["192.168.50.0/24"])
         await a.start()
         await b.start()
