@@ -99,9 +99,60 @@ class ImportPolicy:
             return "one of our own advertised prefixes"
         return "not allowed by policy"
 
+    def _v4_nets(self):
+        nets = getattr(self, "_v4cache", None)
+        if nets is None:
+            def conv(lst):
+                return [(int(n.network_address), n.prefixlen) for n in lst if n.version == 4]
+            nets = self._v4cache = (conv(self._own), conv(self._allow), conv(self._deny))
+        return nets
+
+    @staticmethod
+    def _covered(addr: int, plen: int, nets) -> bool:
+        """Is addr/plen equal to or inside one of nets [(net_int, len)]?"""
+        for net, nl in nets:
+            if plen >= nl and (addr >> (32 - nl) if nl else 0) == (net >> (32 - nl) if nl else 0):
+                return True
+        return False
+
+    def _decide_v4(self, prefix: str):
+        """Integer fast path for canonical IPv4 prefixes; None when not applicable."""
+        try:
+            addr_s, plen_s = prefix.split("/")
+            o = addr_s.split(".")
+            if len(o) != 4:
+                return None
+            a, b, c, d = int(o[0]), int(o[1]), int(o[2]), int(o[3])
+            plen = int(plen_s)
+        except ValueError:
+            return None
+        if not (0 <= plen <= 32) or max(a, b, c, d) > 255 or min(a, b, c, d) < 0:
+            return None
+        addr = (a << 24) | (b << 16) | (c << 8) | d
+        own, allow, deny = self._v4_nets()
+        if deny and self._covered(addr, plen, deny):
+            return False
+        if self.mode == "any":
+            return True
+        if plen == 0 and not self.accept_default_route:
+            return False
+        if plen >= 16 and a == 169 and b == 254:                 # inside tunnel addresses
+            return False
+        if plen >= 4 and a >= 224 or plen >= 8 and a == 127:      # multicast/reserved, loopback
+            return False
+        if own and self._covered(addr, plen, own):
+            return False
+        if self.mode == "prefix-list":
+            return self._covered(addr, plen, allow)
+        return True
+
     def _decide(self, prefix: str) -> bool:
         if self.mode == "deny":
             return False
+        if ":" not in prefix:
+            r = self._decide_v4(prefix)
+            if r is not None:
+                return r
         net = ipaddress.ip_network(prefix, strict=False)
         if any(net.version == d.version and net.subnet_of(d) for d in self._deny):
             return False
@@ -113,7 +164,7 @@ class ImportPolicy:
             return False
         if net.version == 6 and (net.subnet_of(LINK_LOCAL6) or net.is_multicast):
             return False
-        if net.version == 4 and (net.is_multicast or net.is_loopback):
+        if net.version == 4 and (net.is_multicast or net.is_loopback or net.is_reserved):
             return False
         if any(net.version == o.version and net.subnet_of(o) for o in self._own):
             return False

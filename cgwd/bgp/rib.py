@@ -73,11 +73,10 @@ class _Tunnel:
     rejected: int = 0
     max_prefix_hit: bool = False
 
+    gw_int: int = 0
+
     def gw_key(self) -> int:
-        try:
-            return int(ipaddress.ip_address(self.gateway)) if self.gateway else 0
-        except ValueError:
-            return 0
+        return self.gw_int
 
 
 class Rib:
@@ -92,6 +91,7 @@ class Rib:
         self.tunnels: dict[str, _Tunnel] = {}
         self._paths: dict[str, dict[str, Route]] = {}     # prefix -> tunnel -> Route
         self.selected: dict[str, tuple] = {}              # prefix -> tuple[NextHop]
+        self._nh_cache: dict = {}                         # interned NextHop tuples
 
     # ------------------------------------------------------------ tunnels
     def _tunnel(self, name: str) -> _Tunnel:
@@ -111,6 +111,10 @@ class Rib:
         if index is not None:
             t.index = index
         t.ifname, t.gateway, t.up = ifname, gateway, True
+        try:
+            t.gw_int = int(ipaddress.ip_address(gateway)) if gateway else 0
+        except ValueError:
+            t.gw_int = 0
         return self._recompute(list(t.rib_in))
 
     def tunnel_down(self, name: str) -> RibChanges:
@@ -240,6 +244,9 @@ class Rib:
         d = self._paths.get(prefix)
         if not d:
             return []
+        if len(d) == 1:
+            for name, r in d.items():
+                return [(name, r)] if self.tunnels[name].up else []
         cands = []
         for name, r in d.items():
             t = self.tunnels[name]
@@ -258,8 +265,13 @@ class Rib:
         ch = RibChanges()
         sel = self.selected
         tunnels = self.tunnels
+        cache = self._nh_cache
         for p in dict.fromkeys(prefixes):
-            new = tuple(NextHop(n, tunnels[n].ifname, tunnels[n].gateway) for n, _r in self.best(p))
+            names = tuple(n for n, _r in self.best(p))
+            key = tuple((n, tunnels[n].ifname, tunnels[n].gateway) for n in names)
+            new = cache.get(key)
+            if new is None:
+                new = cache[key] = tuple(NextHop(*k) for k in key)
             old = sel.get(p)
             if new:
                 if old is None:

@@ -132,6 +132,7 @@ class BgpSession:
         self.negotiated_hold = 0
         self.negotiated_keepalive = 0.0
         self.flaps = 0
+        self.export_skipped: set = set()
 
     # ------------------------------------------------------------ public API
     @property
@@ -248,12 +249,9 @@ class BgpSession:
                 length, mtype = hdr
                 if len(buf) - off < length:
                     break
-                body = memoryview(buf)[off + m.HEADER_LEN:off + length]
-                try:
-                    self._handle_message(c, mtype, body, now)
-                finally:
-                    body.release()
+                body = bytes(buf[off + m.HEADER_LEN:off + length])
                 off += length
+                self._handle_message(c, mtype, body, now)
                 if c.closing or self._conns.get(c.outbound) is not c:
                     break
         except BgpError as e:
@@ -295,6 +293,24 @@ class BgpSession:
                 ts.append(c.ka_deadline)
         return min(ts) if ts else None
 
+    def peer_alive(self, now: float, outbound: bool | None = None) -> None:
+        """Input from the peer is queued but not yet processed: restart the hold timer.
+
+        Adapters that process input in slices call this before timers so that a backlog
+        (which holds the peer's KEEPALIVEs) never makes the hold timer expire.
+        """
+        c = self._conns.get(outbound) if outbound is not None else self._primary()
+        if c is not None and not c.closing and c.state in (OPENCONFIRM, ESTABLISHED) and c.hold:
+            c.hold_deadline = now + c.hold
+
+    def request_refresh(self, afi: int = m.AFI_IPV4, safi: int = m.SAFI_UNICAST) -> bool:
+        """Ask the peer to re-send its routes (RFC 2918), e.g. after an import policy change."""
+        c = self._established
+        if c is None or not self._peer_caps.get("route_refresh"):
+            return False
+        self._send(c, m.encode_route_refresh(afi, safi), m.ROUTE_REFRESH)
+        return True
+
     def keepalive_due(self, now: float) -> bool:
         c = self._established
         return bool(c and c.ka_deadline is not None and now >= c.ka_deadline)
@@ -325,7 +341,10 @@ class BgpSession:
         for r in routes:
             if isinstance(r, str):
                 r = Route(r)
+            r = Route(str(ipaddress.ip_network(r.prefix, strict=False)), *r.attr_key())
             out = self._outgoing(r)
+            if out is None:
+                continue
             self._rib_out[r.prefix] = out
             self._pending_wd.pop(r.prefix, None)
             self._pending_adv[r.prefix] = out
@@ -356,6 +375,7 @@ class BgpSession:
             "messages_out": dict(self.msgs_out),
             "prefixes_received": len(self._rib_in),
             "prefixes_advertised": len(self._rib_out),
+            "prefixes_not_advertised": sorted(self.export_skipped),
             "updates_treated_as_withdraw": self.updates_treated_as_withdraw,
             "last_error": self.last_error,
             "flaps": self.flaps,
@@ -398,6 +418,19 @@ class BgpSession:
         else:
             path = ((m.AS_SEQUENCE, (cfg.local_asn,)),) + tuple(path)
         nh = r.next_hop or cfg.local_address
+        v6_prefix = ":" in r.prefix
+        if not v6_prefix and ":" in nh:
+            # IPv4 NLRI needs an IPv4 NEXT_HOP (RFC 8950 extended next hop not supported)
+            log.warning("BGP %s: cannot announce %s over an IPv6 session without an IPv4 "
+                        "next hop: skipped", cfg.remote_address, r.prefix)
+            self.export_skipped.add(r.prefix)
+            return None
+        if v6_prefix and not cfg.ipv6:
+            log.warning("BGP %s: %s not announced: IPv6 unicast not enabled (ipv6=False)",
+                        cfg.remote_address, r.prefix)
+            self.export_skipped.add(r.prefix)
+            return None
+        self.export_skipped.discard(r.prefix)
         return Route(r.prefix, nh, path, r.origin, r.med, None, r.communities,
                      r.atomic_aggregate, r.aggregator)
 
@@ -545,9 +578,18 @@ class BgpSession:
         other = self._conns.get(not c.outbound)
         if other is not None and not other.closing:
             if other.state == ESTABLISHED:
-                self._send_notification(c, 6, 7)
-                self._drop(c)
-                return
+                gr = self._peer_gr
+                if self.config.graceful_restart and gr and gr["afis"]:
+                    # RFC 4724 4.2: an OPEN on a new connection means the peer restarted:
+                    # the old session is gone (routes kept as stale), continue with the new.
+                    self._flush_batch()
+                    self._drop(other)
+                    self._session_down(now, "peer restarted (new connection)", None,
+                                       graceful=True, restart_time=gr["restart_time"])
+                else:
+                    self._send_notification(c, 6, 7)
+                    self._drop(c)
+                    return
             if other.state in (OPENSENT, OPENCONFIRM):
                 local_lower = _rid_int(cfg.router_id) < rid
                 # lower local id: keep the connection the peer opened

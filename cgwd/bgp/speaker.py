@@ -243,6 +243,10 @@ class BgpSpeaker:
         now = self._now()
         t = self.session.get_timer()
         if t is not None and t <= now:
+            # unprocessed input from the peer proves it is alive (and holds its KEEPALIVEs)
+            for d, q in self._backlog.items():
+                if q:
+                    self.session.peer_alive(now, outbound=d)
             self.session.handle_timer(now)
         self._pump()
 

@@ -76,7 +76,7 @@ def decode_header(data: bytes) -> Header:
 class Attribute:
     type: int
     value: int
-    variable: bool = False  # force the TLV form on encode (decoded TLVs keep it)
+    variable: bool = field(default=False, compare=False)  # force the TLV form on encode (decoded TLVs keep it)
 
     def encode(self) -> bytes:
         if not self.variable and 0 <= self.value <= 0xFFFF:

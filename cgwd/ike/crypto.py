@@ -17,7 +17,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from cryptography.hazmat.primitives.asymmetric import dh
 
-from . import constants as C
 
 
 class IkeCryptoError(ValueError):

@@ -71,6 +71,7 @@ RESTART_BACKOFF_MIN = 5.0
 RESTART_BACKOFF_MAX = 300.0
 QM_RETRY_DELAY = 10.0
 RX_CACHE = 32
+COLLISION_WINDOW = 10.0  # pairs established this close together collided
 
 
 class _Drop(Exception):
@@ -371,6 +372,7 @@ class _QuickMode:
         self.commit = False
         self.id_ci: tuple[int, bytes] | None = None
         self.id_cr: tuple[int, bytes] | None = None
+        self.connected_deadline: float | None = None
 
 
 @dataclass
@@ -418,6 +420,8 @@ class IkePeer:
         self.counters: dict[str, int] = {"retransmits": 0, "rekeys_ipsec": 0, "rekeys_ike": 0}
         self.last_error: str | None = None
         self._phase1_was_up = False
+        # RFC 2408 4.8 commit bit: set it on our quick-mode responses (then send CONNECTED)
+        self.commit_bit = False
 
     # ------------------------------------------------------------------ public API
 
@@ -477,6 +481,8 @@ class IkePeer:
             for qm in sa.qm.values():
                 if qm.pending:
                     ds.append(qm.pending.deadline)
+                elif qm.connected_deadline is not None:
+                    ds.append(qm.connected_deadline)
                 elif not qm.initiator:
                     ds.append(qm.created_at + HALF_OPEN_TIMEOUT)
         for c in self._children:
@@ -973,7 +979,7 @@ class IkePeer:
             raise _Drop("id_mismatch", idp.describe())
 
     def _mm_i6(self, sa: _IsakmpSa, hdr: Header, data: bytes, remote, local_port: int, now: float) -> None:
-        payloads, last = self._decrypt(sa, hdr, data, sa.iv)
+        payloads, last = self._decrypt_mm(sa, hdr, data)
         idp = [p for p in payloads if isinstance(p, IdPayload)]
         hp = [p for p in payloads if isinstance(p, HashPayload)]
         if len(idp) != 1 or len(hp) != 1:
@@ -1006,8 +1012,17 @@ class IkePeer:
         sa.state = "MM_R4"
         self._send(encode_message(Header(sa.icookie, sa.rcookie, 0, C.EXCH_MAIN, 0, 0), out))
 
+    def _decrypt_mm(self, sa: _IsakmpSa, hdr: Header, data: bytes) -> tuple[list[Payload], bytes]:
+        try:
+            return self._decrypt(sa, hdr, data, sa.iv)
+        except _Drop as d:
+            if d.reason == "decrypt_failed":
+                self._error("main mode: cannot decrypt the peer's identity message (pre-shared key mismatch?)")
+                self._count("auth_failures")
+            raise
+
     def _mm_r5(self, sa: _IsakmpSa, hdr: Header, data: bytes, remote, local_port: int, now: float) -> None:
-        payloads, last = self._decrypt(sa, hdr, data, sa.iv)
+        payloads, last = self._decrypt_mm(sa, hdr, data)
         idp = [p for p in payloads if isinstance(p, IdPayload)]
         hp = [p for p in payloads if isinstance(p, HashPayload)]
         if len(idp) != 1 or len(hp) != 1:
@@ -1144,6 +1159,15 @@ class IkePeer:
         else:
             raise _Drop("unexpected_quick_mode")
 
+    def _on_connected(self, sa: _IsakmpSa, n: NotifyPayload, now: float) -> None:
+        for qm in list(sa.qm.values()):
+            if qm.state == "QM_WAIT_CONNECTED" and (not n.spi or int.from_bytes(n.spi, "big") == qm.spi_out):
+                del sa.qm[qm.mid]
+                self._mark_done(sa, qm.mid)
+                self._install(sa, qm, now)
+                return
+        self._count("connected_unexpected")
+
     def _qm_i2(self, sa: _IsakmpSa, qm: _QuickMode, hdr: Header, data: bytes, remote, local_port: int, now: float) -> None:
         payloads, last = self._decrypt(sa, hdr, data, qm.iv)
         rest = self._check_hash(sa, qm.mid, payloads, qm.ni)
@@ -1176,6 +1200,12 @@ class IkePeer:
         msg, _ = self._encrypt(sa, C.EXCH_QUICK, qm.mid, [HashPayload(data=h3)], last)
         self._send(msg)
         qm.pending = None
+        if hdr.flags & C.FLAG_COMMIT:
+            # the responder committed: use the SA only after its CONNECTED notify
+            qm.state = "QM_WAIT_CONNECTED"
+            qm.connected_deadline = now + self.config.retransmit_timeout * (2 ** (self.config.retransmit_tries + 1) - 1)
+            log.info("%s: quick mode mid=%08x: commit bit set, waiting for CONNECTED", self.name, qm.mid)
+            return
         del sa.qm[qm.mid]
         self._mark_done(sa, qm.mid)
         self._install(sa, qm, now)
@@ -1219,13 +1249,16 @@ class IkePeer:
             raise _Drop("bad_qm1")
         qm = _QuickMode(hdr.message_id, False, now)
         qm.ni = nonce[0].data
-        qm.commit = bool(hdr.flags & C.FLAG_COMMIT)
+        qm.commit = bool(hdr.flags & C.FLAG_COMMIT) or self.commit_bit
         chosen = None
         for prop in sap[0].proposals:
             if prop.protocol != C.PROTO_IPSEC_ESP or len(prop.spi) != 4:
                 continue
             for t in prop.transforms:
                 ch = _esp_algs_from_transform(t)
+                # one KE per quick mode: a PFS group must match the KE the initiator sent
+                if ch and ch.algs.group and (len(ke) != 1 or len(ke[0].data) != crypto.ke_length(ch.algs.group)):
+                    continue
                 if ch and ch.algs in self.config.esp_algs:
                     chosen = (prop, t, ch)
                     break
@@ -1310,12 +1343,18 @@ class IkePeer:
             if nci is not None and ncr is not None:
                 local_ts, remote_ts = (nci, ncr) if qm.initiator else (ncr, nci)
         udp = ch.encap_mode in (C.ENCAP_UDP_TUNNEL_RFC, C.ENCAP_UDP_TUNNEL_DRAFT)
+        others = [c for c in self._children if c.state == "installed"]
+        older = [c for c in others if c.established_at < now - COLLISION_WINDOW]
         pred = None
         if qm.replaces is not None:
             pred = next((c for c in self._children if c.pair.spi_in == qm.replaces), None)
-        if pred is None:
-            inst = [c for c in self._children if c.state == "installed"]
-            pred = inst[-1] if inst else None
+            if pred is not None and pred in others and pred not in older:
+                older.append(pred)
+        siblings = [c for c in others if c not in older]
+        if pred is None and older:
+            pred = max(older, key=lambda c: c.established_at)
+        if pred is None and siblings:
+            pred = max(siblings, key=lambda c: c.established_at)
         pair = IpsecSaPair(
             spi_in=qm.spi_in,
             spi_out=qm.spi_out,
@@ -1343,9 +1382,26 @@ class IkePeer:
         self._emit(IpsecSaUp(pair))
         if pred is not None:
             self._count("rekeys_ipsec")
-            pred.state = "rekeyed"
-            pred.rekeying = False
-            pred.delete_at = now + DELETE_DELAY
+        # Everything older than the new pair is replaced by it. Pairs negotiated at about
+        # the same time (both ends rekeyed at once) are all kept for now; the one with the
+        # highest min(SPI) survives on both ends and the other is deleted after a delay.
+        for c in older + ([pred] if pred is not None and pred not in older and pred not in siblings else []):
+            self._retire(c, now)
+        if siblings:
+            contenders = siblings + [child]
+            winner = max(contenders, key=lambda c: min(c.pair.spi_in, c.pair.spi_out))
+            for c in contenders:
+                if c is not winner:
+                    if c.state == "installed":
+                        self._count("rekey_collisions")
+                        log.info("%s: rekey collision: retiring redundant %s", self.name, c.pair.describe())
+                    self._retire(c, now)
+
+    def _retire(self, c: _Child, now: float) -> None:
+        if c.state == "installed":
+            c.state = "rekeyed"
+            c.rekeying = False
+            c.delete_at = now + DELETE_DELAY
 
     def _remove_child(self, child: _Child, reason: str) -> None:
         if child in self._children:
@@ -1427,7 +1483,7 @@ class IkePeer:
         elif t == C.N_INITIAL_CONTACT:
             self._initial_contact(sa)
         elif t == C.N_CONNECTED:
-            pass
+            self._on_connected(sa, n, now)
         elif t < 16384:
             name = C.NOTIFY_NAMES.get(t, str(t))
             self._error(f"peer sent {name}")
@@ -1471,6 +1527,8 @@ class IkePeer:
                 if qm.pending and qm.pending.deadline <= now:
                     if not self._retransmit(qm.pending, now):
                         self._qm_failed(sa, qm, now, "timeout: no answer to quick mode")
+                elif qm.connected_deadline is not None and now >= qm.connected_deadline:
+                    self._qm_failed(sa, qm, now, "timeout: no CONNECTED after commit bit")
                 elif not qm.initiator and now >= qm.created_at + HALF_OPEN_TIMEOUT:
                     sa.qm.pop(qm.mid, None)
             if sa.established:

@@ -64,12 +64,7 @@ def main() -> None:
         log = lab.charon_log()
         pkts = [p for p in rdpcap(str(pcap)) if p.haslayer(ISAKMP)]
         # message 3 (from strongSwan) and 4 (from us): the first two carrying a KE payload
-        ke_msgs = []
-        for p in pkts:
-            raw = bytes(p[UDP].payload)
-            if b"" and raw:
-                pass
-            ke_msgs.append((p["IP"].src, raw))
+        ke_msgs = [(p["IP"].src, bytes(p[UDP].payload)) for p in pkts]
         from scapy.layers.isakmp import ISAKMP_payload_KE, ISAKMP_payload_Nonce
 
         ke = {}
@@ -78,8 +73,8 @@ def main() -> None:
         for src, raw in ke_msgs:
             pkt = ISAKMP(raw)
             if pkt.haslayer(ISAKMP_payload_KE):
-                ke[src] = bytes(pkt[ISAKMP_payload_KE].load)
-                nonce[src] = bytes(pkt[ISAKMP_payload_Nonce].load)
+                ke[src] = bytes(pkt[ISAKMP_payload_KE].ke)
+                nonce[src] = bytes(pkt[ISAKMP_payload_Nonce].nonce)
                 cookies = (bytes(pkt.init_cookie), bytes(pkt.resp_cookie))
         assert SW_ADDR in ke and US_ADDR in ke, "did not capture messages 3 and 4"
         gxy = log_values(log, "shared Diffie Hellman secret")[0]

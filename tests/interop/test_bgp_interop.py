@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bgp_lab import Lab, wait_for
+from test_bgp_lab import Lab, nsexec, wait_for
 
 pytestmark = [pytest.mark.interop]
 
@@ -95,7 +95,6 @@ def test_bird_withdraw_and_reconcile_after_route_removed():
         lab.start_cgwd(extra={"reconcile_interval": 1})
         wait_for(lambda: len(routes_via(lab)) == 2, 40, what="two VPC prefixes installed")
         # someone deletes our route: reconciliation re-adds it
-        from bgp_lab import nsexec
         nsexec(lab.cgw, "ip", "route", "del", "10.101.0.0/16", "proto", "196")
         wait_for(lambda: "10.101.0.0/16" in routes_via(lab), 10, what="route re-added")
         # a route of another protocol with the same prefix is never touched

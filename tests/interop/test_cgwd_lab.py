@@ -138,3 +138,58 @@ def test_failover_when_an_endpoint_dies_silently(lab_factory):
     wait_for(lambda: all(t["ipsec"]["state"] == "installed" and t["bgp"]["state"] == "established"
                          for t in cgwctl_status(lab, as_json=True).get("tunnels", [])), 90, interval=1,
              what="the dead tunnel to come back")
+
+
+def _ctl(lab, *args):
+    from cgwd.lab.cli import cgwctl_command
+    from cgwd.lab.netns import run
+    return run(cgwctl_command(*args, "--socket", os.path.join(lab.workdir, "cgwd.sock")), check=False)
+
+
+def _spis(lab) -> dict:
+    return {t["name"]: sorted(sa["spi_in"] for sa in t["ipsec"]["sas"])
+            for t in cgwctl_status(lab, as_json=True)["tunnels"]}
+
+
+def test_operator_commands_and_reload_against_running_daemon(lab_factory):
+    lab = lab_factory(tunnels=2)
+    proc, config = _bring_up(lab)
+    names = [t["name"] for t in cgwctl_status(lab, as_json=True)["tunnels"]]
+    before = _spis(lab)
+    # SIGHUP with an unchanged config touches nothing: same SAs afterwards.
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    assert _spis(lab) == before
+    # cgwctl reload with one tunnel's setting changed restarts that tunnel only.
+    text = open(config).read()
+    parts = text.split("[[vpn.tunnel]]")
+    if re.search(r"hold_time = \d+", parts[2]):
+        parts[2] = re.sub(r"hold_time = \d+", "hold_time = 60", parts[2], count=1)
+    else:
+        parts[2] = parts[2].replace("\n", "\nhold_time = 60\n", 1)
+    open(config, "w").write("[[vpn.tunnel]]".join(parts))
+    r = _ctl(lab, "reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: cgwd_ready(lab), 30, what="tunnels back after reload")
+    after = _spis(lab)
+    assert after[names[0]] == before[names[0]], "an unchanged tunnel was touched by reload"
+    assert after[names[1]] != before[names[1]]
+    # down: the tunnel's SAs are deleted at AWS's side too; up: it comes back.
+    r = _ctl(lab, "down", names[0])
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: "ESTABLISHED" not in lab.tunnels[0].charon.list_sas(), 15,
+             what="aws1 to see the tunnel deleted")
+    assert cgwctl_status(lab, as_json=True)["tunnels"][0]["ipsec"]["state"] == "none"
+    assert "169.254.10.1" not in lab.cgw_routes()
+    r = _ctl(lab, "up", names[0])
+    assert r.returncode == 0
+    wait_for(lambda: cgwd_ready(lab), 30, what="tunnel back after cgwctl up")
+    # rekey: a new SA pair replaces the old one, strongSwan sees the new one installed.
+    old = _spis(lab)[names[0]]
+    r = _ctl(lab, "rekey", names[0])
+    assert r.returncode == 0
+    wait_for(lambda: set(_spis(lab)[names[0]]) - set(old), 15, what="a new SA after cgwctl rekey")
+    lab.wait_ping(20)
+    # Unknown tunnel: a one-line error, not a traceback.
+    r = _ctl(lab, "down", "nope")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "nope" in (r.stderr + r.stdout)

@@ -147,3 +147,38 @@ def test_phase2_rekeys_from_strongswan(lab):
     assert len(installed) >= 1
     assert ups[-1]["spi_out"] in sas["child_spis_in"]
     assert "rekeyed" in [d["reason"] for d in events(lab, "IpsecSaDown")]
+
+
+@pytest.mark.slow
+def test_phase1_reauthentication_keeps_child_at_strongswan(lab):
+    conn = SwanConn()
+    lab.start_charon(conn)
+    lab.start_runner(our_peer(conn, "aes128-sha1-modp1024", "aes128-sha1-modp1024",
+                              ike_lifetime=40, rekey_margin=15, rekey_fuzz=0))
+    first = wait_installed(lab)
+    child_spi = first["child_spis_in"][0]
+    lab.wait_for(lambda: len(events(lab, "Phase1Up")) >= 2, 45, "phase-1 re-authentication")
+    time.sleep(2)
+    text = lab.list_sas()
+    sas = parse_sas(text)
+    assert sas["ike_state"] == "ESTABLISHED"
+    assert text.count("IKEv1") == 1  # the old ISAKMP SA was deleted
+    assert child_spi in sas["child_spis_in"]  # strongSwan kept (adopted) the CHILD_SA
+    assert not events(lab, "IpsecSaDown")
+    status = [e for e in lab.runner_events() if "status" in e][-1]["status"]
+    assert status["counters"]["rekeys_ike"] == 1
+
+
+def test_dead_strongswan_is_detected_by_dpd(lab):
+    conn = SwanConn()
+    lab.start_charon(conn)
+    lab.start_runner(our_peer(conn, "aes128-sha1-modp1024", "aes128-sha1-modp1024",
+                              dpd_interval=2, dpd_retries=2, dpd_action="clear"))
+    wait_installed(lab)
+    import os
+    import signal
+
+    os.killpg(lab.charon.pid, signal.SIGKILL)
+    lab.charon.wait(5)
+    lab.wait_for(lambda: events(lab, "PeerDead"), 15, "PeerDead")
+    assert events(lab, "IpsecSaDown")[0]["reason"] == "dpd"

@@ -35,6 +35,7 @@ def test_reference_stack_carries_traffic(lab_factory, nat):
     local = re.search(r"local\s+'[^']+' @ (\S+)\[", lab.ref_charon.list_sas()).group(1)
     assert local == (lab.spec.cgw_private if nat else lab.spec.cgw_public)
     assert re.search(r"10\.100\.0\.0/16 via 169\.254\.10\.1", lab.cgw_routes())
+    lab.wait_ping(20)  # the VPC side learns its return route over iBGP a moment later
     assert lab.ping(3)
     # The VPC routes on-prem traffic back through the tunnel BGP prefers.
     assert lab.vpc_route_to_onprem() in ("aws1", "aws2")

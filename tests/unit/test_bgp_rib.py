@@ -326,3 +326,21 @@ def test_routing_table_threaded_worker_and_max_prefix_reset():
     assert sess.resets == [(6, 1, b"\x00\x01\x01\x00\x00\x00\x05")]
     assert ipr.routes == {}
     rt.close()
+
+
+# ---------------------------------------------------------------- policy fast path == slow path
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32),
+       st.sampled_from(["aws-default", "prefix-list", "any"]))
+def test_policy_ipv4_fast_path_matches_ipaddress(addr, plen, mode):
+    import ipaddress
+    p = str(ipaddress.ip_network((addr, plen), strict=False))
+    kw = dict(own_prefixes=("192.168.50.0/24", "10.0.0.0/8"), allow=("172.16.0.0/12", "10.0.0.0/8"),
+              deny=("10.1.0.0/16",) if mode == "any" else ())
+    fast = ImportPolicy(mode, **kw)
+    slow = ImportPolicy(mode, **kw)
+    slow._decide_v4 = lambda _p: None
+    assert fast._decide(p) == slow._decide(p)

@@ -346,3 +346,132 @@ def test_connect_failure_goes_active_and_retries():
     assert a.get_timer() == 5.5
     a.handle_timer(5.5)
     assert a.state == "Connect" and a.wants_connect()
+
+
+# ---------------------------------------------------------------- malformed corpus, session level
+def is_notification(out: bytes, want) -> bool:
+    return out[:16] == m.MARKER and out[18] == m.NOTIFICATION and (out[19], out[20]) == tuple(want)
+
+
+from test_bgp_message import UPDATE_CASES  # noqa: E402
+
+
+@pytest.mark.parametrize("name,body,want", UPDATE_CASES, ids=[c[0] for c in UPDATE_CASES])
+def test_malformed_update_reaction_in_session(name, body, want):
+    net, a, b = established_pair()
+    for _ in iter(a.next_event, None):
+        pass
+    a.data_to_send()
+    a.receive_data(m.frame(m.UPDATE, body), net.now)       # never raises
+    out = a.data_to_send()
+    evs = list(iter(a.next_event, None))
+    if want[0] == "reset":
+        assert is_notification(out, want[1:])
+        down = [e for e in evs if isinstance(e, SessionDown)]
+        assert down and down[0].notification[:2] == want[1:]
+        assert a.state == "Idle"
+    else:
+        assert a.state == "Established" and m.NOTIFICATION not in [out[18:19]]
+        rr = [e for e in evs if isinstance(e, RoutesReceived)]
+        if want[0] == "withdraw":
+            assert rr[0].announced == [] and "10.100.0.0/16" in rr[0].withdrawn
+        else:
+            assert [r.prefix for r in rr[0].announced] == ["10.100.0.0/16"]
+
+
+@pytest.mark.parametrize("raw,want", [
+    (b"\x00" * 16 + struct.pack("!HB", 19, 4), (1, 1)),
+    (m.MARKER + struct.pack("!HB", 5000, 2), (1, 2)),
+    (m.MARKER + struct.pack("!HB", 19, 7), (1, 3)),
+    (m.encode_open(64512, 30, "10.0.0.1", []), (5, 3)),
+    (m.MARKER + struct.pack("!HB", 24, 5) + bytes(5), (7, 1)),
+])
+def test_malformed_messages_in_established(raw, want):
+    net, a, b = established_pair()
+    a.data_to_send()
+    a.receive_data(raw, net.now)
+    assert is_notification(a.data_to_send(), want)
+    assert a.state == "Idle"
+
+
+def test_byte_at_a_time_framing():
+    a = BgpSession(cfg_a())
+    a.start(0)
+    a.wants_connect()
+    a.connection_made(0, outbound=True)
+    data = (m.encode_open(64512, 30, "10.0.0.1", [m.cap_as4(64512)]) + m.encode_keepalive()
+            + m.encode_update([], [Route("10.100.0.0/16", "169.254.10.1", seq(64512))])[0])
+    for i in range(len(data)):
+        a.receive_data(data[i:i + 1], 0.1)
+    assert a.state == "Established"
+    rr = [e for e in iter(a.next_event, None) if isinstance(e, RoutesReceived)]
+    assert [r.prefix for x in rr for r in x.announced] == ["10.100.0.0/16"]
+
+
+def test_ipv6_unicast_session_over_ipv6_inside_addresses():
+    a = BgpSession(cfg_a(local_address="fd00:10::2", remote_address="fd00:10::1", ipv6=True))
+    b = BgpSession(cfg_b(local_address="fd00:10::1", remote_address="fd00:10::2", ipv6=True))
+    a.announce(["2001:db8:50::/48"])
+    b.announce(["2001:db8:100::/40", "10.100.0.0/16"])
+    net = Net(a, b)
+    a.start(0)
+    b.start(0)
+    a.wants_connect()
+    net.connect(a)
+    net.pump()
+    assert a.state == "Established"
+    assert net.ev(a, SessionUp)[0].capabilities["multiprotocol"] == ["ipv4/unicast", "ipv6/unicast"]
+    got = {r.prefix: r for e in net.ev(a, RoutesReceived) for r in e.announced}
+    assert got["2001:db8:100::/40"].next_hop == "fd00:10::1"
+    assert "10.100.0.0/16" not in got          # IPv4 NLRI cannot carry an IPv6 next hop
+    assert b.status()["prefixes_not_advertised"] == ["10.100.0.0/16"]
+    assert {(e.afi, e.safi) for e in net.ev(a, EndOfRib)} == {(1, 1), (2, 1)}
+    assert [r.prefix for e in net.ev(b, RoutesReceived) for r in e.announced] == ["2001:db8:50::/48"]
+
+
+def test_request_refresh_makes_peer_resend():
+    net, a, b = established_pair()
+    b.announce(["10.100.0.0/16"])
+    net.pump()
+    n = len(net.ev(a, RoutesReceived))
+    assert a.request_refresh()
+    net.pump()
+    assert len(net.ev(a, RoutesReceived)) == n + 1
+    assert b.status()["messages_in"]["route_refresh"] == 1
+
+
+def test_new_connection_from_gr_peer_replaces_established_one():
+    """RFC 4724 4.2: with GR, an OPEN on a new connection means the peer restarted."""
+    a = BgpSession(cfg_a())
+    a.start(0)
+    a.wants_connect()
+    a.connection_made(0, outbound=True)
+    op = m.encode_open(64512, 30, "10.0.0.1", [m.cap_as4(64512), m.cap_graceful_restart(120, [(1, 1, True)])])
+    a.receive_data(op + m.encode_keepalive(), 1, outbound=True)
+    assert a.state == "Established"
+    list(iter(a.next_event, None))
+    a.connection_made(5, outbound=False)          # the restarted peer connects again
+    a.receive_data(op, 5, outbound=False)
+    downs = [e for e in iter(a.next_event, None) if isinstance(e, SessionDown)]
+    assert downs and downs[0].graceful_restart and downs[0].restart_time == 120
+    assert True in a.connections_to_close()       # the old connection is closed
+    a.receive_data(m.encode_keepalive(), 5.1, outbound=False)
+    assert a.state == "Established"
+    ups = [e for e in iter(a.next_event, None) if isinstance(e, SessionUp)]
+    assert ups
+
+
+def test_new_connection_without_gr_is_rejected_while_established():
+    a = BgpSession(cfg_a())
+    a.start(0)
+    a.wants_connect()
+    a.connection_made(0, outbound=True)
+    op = m.encode_open(64512, 30, "10.0.0.1", [m.cap_as4(64512)])
+    a.receive_data(op + m.encode_keepalive(), 1, outbound=True)
+    a.data_to_send(True)
+    a.connection_made(5, outbound=False)
+    a.data_to_send(False)
+    a.receive_data(op, 5, outbound=False)
+    out = a.data_to_send(False)
+    assert out[18] == m.NOTIFICATION and (out[19], out[20]) == (6, 7)
+    assert a.connections_to_close() == [False] and a.state == "Established"

@@ -1,6 +1,9 @@
-"""cgwd BGP side for interop tests: run inside a network namespace (ip netns exec).
+"""BGP-only cgwd runner (no IPsec): sessions + RIB + kernel routes from a JSON file.
 
-Usage: python bgp_cgwd_runner.py CONFIG.json
+Used by the BGP interop tests inside network namespaces, and handy to debug BGP against
+a peer over any link that already has the inside addresses configured.
+
+Usage: python -m cgwd.bgp.standalone CONFIG.json
 CONFIG: {"router_id", "local_asn", "tunnels": [{"name","ifname","local","remote","remote_asn",
          "hold_time"?, "prepend"?, "med"?}], "export": [...], "status_file", "ecmp"?,
          "max_prefix"?, "table"?, "metric"?}
@@ -15,13 +18,11 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
-from cgwd.bgp.kernel import KernelRoutes  # noqa: E402
-from cgwd.bgp.policy import ExportPolicy  # noqa: E402
-from cgwd.bgp.routing import RoutingTable  # noqa: E402
-from cgwd.bgp.session import BgpPeerConfig, BgpSession, SessionDown, SessionUp  # noqa: E402
-from cgwd.bgp.speaker import BgpSpeaker  # noqa: E402
+from .kernel import KernelRoutes
+from .policy import ExportPolicy
+from .routing import RoutingTable
+from .session import BgpPeerConfig, BgpSession, SessionDown, SessionUp
+from .speaker import BgpSpeaker
 
 
 async def main(cfg_path):
@@ -98,5 +99,12 @@ async def main(cfg_path):
     rt.close()
 
 
+def run(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit(__doc__)
+    asyncio.run(main(argv[0]))
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    run()

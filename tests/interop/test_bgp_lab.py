@@ -1,4 +1,7 @@
-"""Namespaces, veths and peers (BIRD, GoBGP) for the BGP interop tests (names bgpit-*)."""
+"""Namespaces, veths and peers (BIRD, GoBGP) for the BGP interop tests (names bgpit-*).
+
+Helpers only (no tests); also used by bench/bgp_ingest.py.
+"""
 from __future__ import annotations
 
 import json
@@ -13,7 +16,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PY = sys.executable
-RUNNER = os.path.join(HERE, "bgp_cgwd_runner.py")
+RUNNER = ["-m", "cgwd.bgp.standalone"]
 
 
 def sh(*args, check=True, **kw):
@@ -125,6 +128,7 @@ protocol bgp cgw {{
     connect retry time 2;
     error wait time 1, 5;
     graceful restart on;
+    debug {{ states, events, packets }};
     ipv4 {{
         import all;
         export filter {{ if proto = "vpc" then {{ {' '.join(exp)} accept; }} reject; }};
@@ -217,7 +221,7 @@ protocol bgp cgw {{
         with open(cf, "w") as f:
             json.dump(cfg, f)
         self.cgwd_log = os.path.join(self.tmp, "cgwd.log")
-        p = subprocess.Popen(["ip", "netns", "exec", self.cgw, PY, RUNNER, cf],
+        p = subprocess.Popen(["ip", "netns", "exec", self.cgw, PY, *RUNNER, cf],
                              stdout=subprocess.DEVNULL, stderr=open(self.cgwd_log, "w"), cwd=REPO)
         self.procs.append(p)
         self.cgwd_proc = p

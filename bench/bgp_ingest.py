@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""UPDATE ingest benchmark: a real peer (BIRD) sends N prefixes; cgwd and ExaBGP receive.
+
+Run as root (creates network namespaces bgpbench-*, removed at exit):
+    .venv/bin/python bench/bgp_ingest.py [--prefixes 100000] [--kernel]
+
+Measures, for each receiver, the time from session Established to End-of-RIB with all
+prefixes delivered to the application:
+  * cgwd: BgpSession + BgpSpeaker (decode, events) -> RoutingTable RIB (policy, best path);
+    with --kernel also installs every route with pyroute2 (worker thread) and reports the
+    time until the kernel has them all;
+  * ExaBGP 4.2 (Debian package) with an API process that counts the parsed routes it is
+    handed as JSON (ExaBGP's normal way to give routes to an application).
+Memory: tracemalloc delta of the Adj-RIB-In + RIB for N routes (cgwd), and the RSS of
+the receiving process after ingest (both).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "interop"))
+sys.path.insert(0, REPO)
+
+from test_bgp_lab import Lab, nsexec, wait_for  # noqa: E402
+
+CGWD_SIDE = r'''
+import asyncio, json, os, resource, sys, time, tracemalloc
+sys.path.insert(0, REPO)
+from cgwd.bgp.session import BgpPeerConfig, BgpSession, SessionUp, EndOfRib, RoutesReceived, SessionDown
+from cgwd.bgp.speaker import BgpSpeaker
+from cgwd.bgp.routing import RoutingTable
+from cgwd.bgp.kernel import KernelRoutes
+
+def rss_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1])
+
+async def main():
+    n_expect = N
+    kernel = KernelRoutes(254, 100, 196) if USE_KERNEL else None
+    rt = RoutingTable(kernel=kernel, import_policy="aws-default", max_prefix=None)
+    rt.tunnel_up("tun1", "bgpv1", "169.254.10.1")
+    t = {}
+    count = [0]
+    lag = [0.0]
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    def on_event(ev):
+        if isinstance(ev, SessionUp):
+            t["up"] = loop.time()
+            t["cpu_up"] = time.process_time()
+            t["rss_up"] = rss_kb()
+        elif isinstance(ev, RoutesReceived):
+            count[0] += len(ev.announced)
+        elif isinstance(ev, EndOfRib):
+            t["eor"] = loop.time()
+            t["cpu_eor"] = time.process_time()
+            done.set()
+        elif isinstance(ev, SessionDown):
+            t["down"] = ev.reason
+            done.set()
+        rt.handle_event("tun1", ev)
+    async def probe():
+        while True:
+            t0 = loop.time(); await asyncio.sleep(0.01); lag[0] = max(lag[0], loop.time() - t0 - 0.01)
+    tracemalloc.start() if TRACE else None
+    rss0 = rss_kb()
+    sess = BgpSession(BgpPeerConfig("169.254.10.2", "169.254.10.1", 65000, 64512, "10.255.0.2",
+                                    hold_time=HOLD, connect_retry=1))
+    sp = BgpSpeaker(sess, local_address="169.254.10.2", remote_address="169.254.10.1", on_event=on_event)
+    pr = asyncio.ensure_future(probe())
+    cpu0 = time.process_time()
+    await sp.start()
+    await asyncio.wait_for(done.wait(), 600)
+    cpu1 = time.process_time()
+    res = {"prefixes": count[0], "rib": len(rt.rib.selected), "seconds": t["eor"] - t["up"],
+           "cpu_seconds": t["cpu_eor"] - t["cpu_up"], "cpu_seconds_incl_connect": cpu1 - cpu0, "max_loop_lag": lag[0], "down": t.get("down"),
+           "rss_delta_kb": rss_kb() - rss0, "rss_kb": rss_kb()}
+    if TRACE:
+        cur, peak = tracemalloc.get_traced_memory()
+        res["traced_bytes"] = cur
+        tracemalloc.stop()
+    if kernel is not None:
+        t0 = loop.time()
+        await loop.run_in_executor(None, rt.flush)
+        res["kernel_seconds_after_eor"] = loop.time() - t0
+        res["kernel_installed"] = len(kernel.installed)
+        res["kernel_seconds_total"] = loop.time() - t["up"]
+        await asyncio.sleep(2 * HOLD / 3 + 1)
+    res["state_after"] = sess.state
+    res["flaps"] = sess.status()["flaps"]
+    await sp.stop("bench done")
+    rt.clear(); await loop.run_in_executor(None, rt.flush); rt.close()
+    print(json.dumps(res))
+    pr.cancel()
+asyncio.run(main())
+'''
+
+EXA_COUNTER = r'''
+import sys, json, time, os
+n = 0
+t_up = None
+HZ = os.sysconf("SC_CLK_TCK")
+def cpu():
+    # ExaBGP (our parent) + this API process
+    f = open("/proc/%d/stat" % os.getppid()).read().rsplit(")", 1)[1].split()
+    t = os.times()
+    return (int(f[11]) + int(f[12])) / HZ + t.user + t.system
+out = open(OUT, "w")
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    typ = msg.get("type")
+    if typ == "state" and msg.get("neighbor", {}).get("state") == "up":
+        t_up = time.monotonic()
+        out.write(json.dumps({"up": t_up, "cpu_up": cpu()}) + "\n"); out.flush()
+    elif typ == "update":
+        upd = msg["neighbor"]["message"].get("update", {})
+        if "announce" in upd:
+            for fam, hops in upd["announce"].items():
+                for nh, prefixes in hops.items():
+                    n += len(prefixes)
+        if "eor" in msg["neighbor"]["message"]:
+            out.write(json.dumps({"eor": time.monotonic(), "prefixes": n, "cpu_eor": cpu()}) + "\n"); out.flush()
+'''
+
+
+def write_feed(path, n):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(f"route 10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}/32 blackhole;\n"
+                    if n > 60000 else f"route 10.{64 + i // 256}.{i % 256}.0/24 blackhole;\n")
+
+
+def proc_rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+
+
+def run_cgwd(lab, n, kernel, trace, hold):
+    code = CGWD_SIDE.replace("REPO", repr(REPO)).replace("USE_KERNEL", str(bool(kernel))) \
+        .replace("TRACE", str(bool(trace))).replace("HOLD", str(hold)).replace("= N\n", f"= {n}\n")
+    path = os.path.join(lab.tmp, "cgwd_side.py")
+    with open(path, "w") as f:
+        f.write(code)
+    out = nsexec(lab.cgw, sys.executable, path, timeout=900).stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def run_exabgp(lab, n, hold):
+    d = os.path.join(lab.tmp, "exa")
+    os.makedirs(d, exist_ok=True)
+    outf = os.path.join(d, "counter.out")
+    counter = os.path.join(d, "counter.py")
+    with open(counter, "w") as f:
+        f.write(EXA_COUNTER.replace("OUT", repr(outf)))
+    conf = textwrap.dedent(f"""
+    process counter {{
+        run {sys.executable} {counter};
+        encoder json;
+    }}
+    neighbor 169.254.10.1 {{
+        router-id 10.255.0.2;
+        local-address 169.254.10.2;
+        local-as 65000;
+        peer-as 64512;
+        hold-time {hold};
+        family {{ ipv4 unicast; }}
+        capability {{ graceful-restart 120; route-refresh; }}
+        api {{
+            processes [ counter ];
+            neighbor-changes;
+            receive {{ parsed; update; }}
+        }}
+    }}
+    """)
+    cf = os.path.join(d, "exabgp.conf")
+    with open(cf, "w") as f:
+        f.write(conf)
+    env = dict(os.environ, **{"exabgp.daemon.user": "root", "exabgp.api.cli": "false",
+                              "exabgp.log.destination": os.path.join(d, "exabgp.log"),
+                              "exabgp.daemon.daemonize": "false"})
+    p = subprocess.Popen(["ip", "netns", "exec", lab.cgw, "exabgp", cf], env=env,
+                         stdout=open(os.path.join(d, "stdout"), "w"), stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    try:
+        def result():
+            if not os.path.exists(outf):
+                return None
+            lines = [json.loads(x) for x in open(outf).read().splitlines() if x.strip()]
+            up = next((x for x in lines if "up" in x), None)
+            eor = next((x for x in lines if "eor" in x), None)
+            if up and eor:
+                return {"seconds": eor["eor"] - up["up"], "prefixes": eor["prefixes"],
+                        "cpu_seconds": eor["cpu_eor"] - up["cpu_up"]}
+            return None
+        res = wait_for(result, 900, interval=0.2, what="ExaBGP End-of-RIB")
+        res["rss_kb"] = proc_rss_kb(p.pid)
+        # ExaBGP's python process is a child of `ip netns exec` (exec'ed): same pid
+        return res
+    except AssertionError as e:
+        return {"error": str(e), "elapsed": time.monotonic() - t0,
+                "log_tail": open(os.path.join(d, "stdout")).read()[-1500:]}
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefixes", type=int, default=100_000)
+    ap.add_argument("--kernel", action="store_true", help="also install the routes in the kernel")
+    ap.add_argument("--no-exabgp", action="store_true")
+    ap.add_argument("--hold", type=int, default=30)
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("bird"):
+        sys.exit("needs root and bird")
+    results = {}
+    with Lab("bench", n_links=1) as lab:
+        feed = os.path.join(lab.tmp, "feed.conf")
+        write_feed(feed, args.prefixes)
+        lab.start_bird(0, static=(), extra_static_file=feed, hold=args.hold, keepalive=args.hold // 3)
+        wait_for(lambda: "vpc" in lab.birdc(0, "show", "protocols") and
+                 f"{args.prefixes} imported" in lab.birdc(0, "show", "protocols", "all", "vpc"),
+                 120, what="BIRD loaded the feed")
+        results["cgwd"] = run_cgwd(lab, args.prefixes, False, False, args.hold)
+        results["cgwd_tracemalloc"] = run_cgwd(lab, args.prefixes, False, True, args.hold)
+        if args.kernel:
+            results["cgwd_kernel"] = run_cgwd(lab, args.prefixes, True, False, args.hold)
+        if not args.no_exabgp and shutil.which("exabgp"):
+            time.sleep(2)
+            results["exabgp"] = run_exabgp(lab, args.prefixes, args.hold)
+    for k, v in results.items():
+        if "seconds" in v and v.get("prefixes"):
+            v["prefixes_per_second"] = round(v["prefixes"] / v["seconds"])
+            if v.get("cpu_seconds"):
+                v["prefixes_per_cpu_second"] = round(v["prefixes"] / v["cpu_seconds"])
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

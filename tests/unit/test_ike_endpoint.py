@@ -1,0 +1,89 @@
+"""IkeEndpoint: two endpoints on loopback addresses inside a private network namespace
+(``unshare -n``), our initiator against our responder over real UDP sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    r"""
+    import asyncio, json, socket, subprocess, sys
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    from cgwd.ike.endpoint import IkeEndpoint, SOL_UDP, UDP_ENCAP
+    from cgwd.ike.events import IpsecSaUp
+    from cgwd.ike.session import IkePeer, IkePeerConfig
+
+    async def main():
+        res = {"a": [], "b": [], "esp_b": []}
+        ea, eb = IkeEndpoint("127.0.0.1"), IkeEndpoint("127.0.0.2")
+        ea.open(); eb.open()
+        res["encap_before"] = eb.natt_socket.getsockopt(SOL_UDP, UDP_ENCAP)
+        pa = IkePeer(IkePeerConfig("127.0.0.1", "127.0.0.2", b"k", nat_traversal=sys.argv[1]), name="a")
+        pb = IkePeer(IkePeerConfig("127.0.0.2", "127.0.0.1", b"k", initiator=False), name="b")
+        ea.event_handler = lambda p, e: res["a"].append(type(e).__name__)
+        eb.event_handler = lambda p, e: res["b"].append(type(e).__name__)
+        eb.esp_handler = lambda data, remote: res["esp_b"].append([data.hex(), remote[0]])
+        ea.add_peer(pa); eb.add_peer(pb)
+        ea.start_peer(pa)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if "IpsecSaUp" in res["a"] and "IpsecSaUp" in res["b"]:
+                break
+        res["ports"] = [pa.local_port, pa.remote_port]
+        ea.send_esp(b"\x00\x00\x10\x01payload", ("127.0.0.2", 4500))
+        ea.natt_socket.sendto(b"\xff", ("127.0.0.2", 4500))
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.3", 0))
+        stranger.sendto(b"\x01" * 28, ("127.0.0.2", 500))
+        await asyncio.sleep(0.3)
+        res["eb"] = eb.counters
+        eb.enable_kernel_encap()
+        res["encap_after"] = eb.natt_socket.getsockopt(SOL_UDP, UDP_ENCAP)
+        ea.stop_peer(pa)
+        await asyncio.sleep(0.3)
+        res["b_state"] = pb.status()["state"]
+        ea.close(); eb.close()
+        print(json.dumps(res))
+
+    asyncio.run(main())
+    """
+)
+
+
+def run(nat: str) -> dict:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and iproute2 for a private network namespace")
+    r = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", SCRIPT, nat],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_endpoint_establishes_over_udp_with_natt_marker():
+    res = run("force")
+    assert "IpsecSaUp" in res["a"] and "IpsecSaUp" in res["b"]
+    assert res["ports"] == [4500, 4500]  # floated: IKE went over 4500 with the non-ESP marker
+    assert res["esp_b"] == [[b"\x00\x00\x10\x01payload".hex(), "127.0.0.1"]]
+    assert res["eb"]["keepalives_received"] == 1
+    assert res["eb"]["drop_unknown_peer"] == 1
+    assert res["encap_before"] == 0 and res["encap_after"] == 2
+    assert res["b_state"] == "idle"  # our DELETE reached the responder
+    assert "Phase1Down" in res["b"]
+
+
+def test_endpoint_without_nat_stays_on_500():
+    res = run("off")
+    assert "IpsecSaUp" in res["a"] and "IpsecSaUp" in res["b"]
+    assert res["ports"] == [500, 500]
