@@ -77,6 +77,12 @@ class ImportPolicy:
         return cls("prefix-list", tuple(own_prefixes), allow=tuple(value))
 
     def accepts(self, prefix: str) -> bool:
+        if self.mode == "deny":
+            return False
+        if ":" not in prefix:                 # IPv4: integer fast path, no cache needed
+            r = self._decide_v4(prefix)
+            if r is not None:
+                return r
         r = self._cache.get(prefix)
         if r is None:
             r = self._decide(prefix)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import message as m
 from .message import BgpError, Route

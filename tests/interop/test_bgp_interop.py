@@ -34,12 +34,15 @@ def established(lab, names=None):
 def routes_via(lab):
     """prefix -> set of devices, for our protocol-196 routes."""
     out = {}
+    prefix = None
     for line in lab.kernel_routes().splitlines():
         if not line.strip():
             continue
-        m = re.match(r"(\S+)", line)
-        out.setdefault(m.group(1), set()).update(re.findall(r"dev (\S+)", line))
-    # multipath lines ("nexthop via ... dev X") follow the prefix line
+        if not line[0].isspace():           # "PREFIX via GW dev X ..." or "PREFIX ... metric"
+            prefix = line.split()[0]
+            out.setdefault(prefix, set())
+        # multipath: "\tnexthop via GW dev X weight 1" lines follow the prefix line
+        out[prefix].update(re.findall(r"dev (\S+)", line))
     return out
 
 
@@ -97,6 +100,11 @@ def test_bird_withdraw_and_reconcile_after_route_removed():
         # someone deletes our route: reconciliation re-adds it
         nsexec(lab.cgw, "ip", "route", "del", "10.101.0.0/16", "proto", "196")
         wait_for(lambda: "10.101.0.0/16" in routes_via(lab), 10, what="route re-added")
+        # interface flap: the kernel drops routes through it, reconciliation re-adds them
+        nsexec(lab.cgw, "ip", "link", "set", "bgpv1", "down")
+        wait_for(lambda: routes_via(lab) == {}, 5, what="kernel dropped routes on link down")
+        nsexec(lab.cgw, "ip", "link", "set", "bgpv1", "up")
+        wait_for(lambda: len(routes_via(lab)) == 2, 15, what="routes re-added after the flap")
         # a route of another protocol with the same prefix is never touched
         nsexec(lab.cgw, "ip", "route", "add", "10.102.0.0/16", "via", "169.254.10.1", "proto", "static")
         # peer withdraws one prefix
@@ -104,6 +112,26 @@ def test_bird_withdraw_and_reconcile_after_route_removed():
         wait_for(lambda: routes_via(lab) == {}, 15, what="withdrawn from kernel")
         lab.stop_cgwd()
         assert "10.102.0.0/16" in nsexec(lab.cgw, "ip", "route", "show", "proto", "static").stdout
+
+
+@need_bird
+def test_bird_ecmp_over_both_tunnels():
+    """Transit Gateway style: equal paths on both tunnels -> one multipath kernel route."""
+    with Lab("ecmp") as lab:
+        lab.start_bird(0, med=100)
+        lab.start_bird(1, med=100)
+        lab.start_cgwd(ecmp=True)
+        wait_for(lambda: established(lab), 40, what="both sessions Established")
+        wait_for(lambda: routes_via(lab).get("10.100.0.0/16") == {"bgpv1", "bgpv2"}, 15,
+                 what="multipath route over both tunnels")
+        out = lab.kernel_routes()
+        assert "nexthop via 169.254.10.1" in out and "nexthop via 169.254.11.1" in out
+        # one tunnel's peer goes away: the route shrinks to the other tunnel
+        lab.links[1]["bird_proc"].send_signal(signal.SIGKILL)
+        wait_for(lambda: routes_via(lab).get("10.100.0.0/16") == {"bgpv1"}, 20,
+                 what="single path after losing tunnel 2")
+        lab.stop_cgwd()
+        assert lab.kernel_routes().strip() == ""
 
 
 @need_gobgp

@@ -2,7 +2,6 @@
 import asyncio
 import socket
 
-import pytest
 
 from cgwd.bgp.message import Route
 from cgwd.bgp.session import (BgpPeerConfig, BgpSession, EndOfRib, RoutesReceived, SessionDown,
