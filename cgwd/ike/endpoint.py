@@ -26,6 +26,7 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 SOL_UDP = 17
 UDP_ENCAP = 100
 UDP_ENCAP_ESPINUDP = 2
+SO_RCVBUFFORCE = 33  # Linux; Python's socket module does not name it
 
 
 class IkeEndpoint:
@@ -52,7 +53,7 @@ class IkeEndpoint:
         # ESP-in-UDP shares the 4500 socket: bulk TCP through the tunnel overruns the
         # default receive buffer (about 10 % loss measured), so ask for 4 MiB.
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)  # beyond rmem_max (root)
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.setblocking(False)
