@@ -279,8 +279,7 @@ class Tunnel:
                     "remote_asn": c.remote_asn, "local_asn": c.local_asn,
                     "uptime_since": self.bgp_up_since, "hold_time": bgp.get("hold_time", c.hold_time),
                     "keepalive": bgp.get("keepalive"),
-                    "prefixes_received": self.routing.rib.prefix_count(self.name)
-                    if hasattr(self.routing.rib, "prefix_count") else bgp.get("prefixes_received", 0),
+                    "prefixes_received": self.routing.rib.prefix_count(self.name),
                     "prefixes_advertised": bgp.get("prefixes_advertised", len(self._exports())),
                     "messages_in": bgp.get("messages_in"), "messages_out": bgp.get("messages_out"),
                     "last_error": self.last_bgp_error or bgp.get("last_error")},

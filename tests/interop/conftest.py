@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from cgwd.lab.bird import bird_available
-from cgwd.lab.cli import cgwctl_status, cgwd_ready, import_config, start_cgwd
+from cgwd.lab.cli import import_config, start_cgwd
 from cgwd.lab.strongswan import charon_available
 from cgwd.lab.topology import AwsTunnelSpec, Lab, LabSpec, leftovers
 
@@ -86,5 +86,3 @@ def cgwd_in_lab():
 
     return start
 
-
-__all__ = ["cgwctl_status", "cgwd_ready"]
