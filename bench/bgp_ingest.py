@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """UPDATE ingest benchmark: a real peer (BIRD) sends N prefixes; cgwd and ExaBGP receive.
 
-Run as root (creates network namespaces bgpbench-*, removed at exit):
+Run as root (creates network namespaces bgpit-bench-* / bgpit-kbench-*, removed at exit):
     .venv/bin/python bench/bgp_ingest.py [--prefixes 100000] [--kernel]
+    .venv/bin/python bench/bgp_ingest.py --kernel-only --prefixes 20000
+      (kernel route installation alone: pyroute2 one request per route, cgwd's netlink
+       batches, and iproute2's `ip -batch` as the reference, same routes, same run)
 
 Measures, for each receiver, the time from session Established to End-of-RIB with all
 prefixes delivered to the application:
@@ -107,6 +110,58 @@ async def main():
 asyncio.run(main())
 '''
 
+KERNEL_SIDE = r'''
+import json, os, subprocess, sys, tempfile, time
+sys.path.insert(0, REPO)
+from cgwd.bgp.kernel import KernelRoutes
+from cgwd.bgp.rib import NextHop, RibChanges
+N = NPREFIX
+prefixes = [f"10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}/32" if N > 60000
+            else f"10.{64 + i // 256}.{i % 256}.0/24" for i in range(N)]
+nh1 = (NextHop("tun1", "bgpv1", "169.254.10.1"),)
+def in_kernel():
+    out = subprocess.run(["ip", "route", "show", "proto", "196"], capture_output=True, text=True).stdout
+    return len(out.splitlines())
+res = {}
+for mode in ("pyroute2_per_request", "batched"):
+    k = KernelRoutes(254, 100, 196)
+    k._batch_ok = mode == "batched"
+    t0 = time.perf_counter()
+    k.apply(RibChanges(add={p: nh1 for p in prefixes}))
+    t1 = time.perf_counter()
+    n = in_kernel()
+    t2 = time.perf_counter()
+    k.remove_all()
+    t3 = time.perf_counter()
+    res[mode] = {"install_seconds": t1 - t0, "routes_per_second": round(N / (t1 - t0)),
+                 "remove_seconds": t3 - t2, "removes_per_second": round(N / (t3 - t2)),
+                 "in_kernel_after_install": n, "left_after_remove": in_kernel(),
+                 "failed": len(k.failed), "conflicts": len(k.conflicts)}
+    k.close()
+# reference in the same run: iproute2 reading the same routes from a file (`ip -batch`)
+d = tempfile.mkdtemp()
+for cmd in ("add", "del"):
+    with open(os.path.join(d, cmd), "w") as f:
+        for p in prefixes:
+            f.write(f"route {cmd} {p} via 169.254.10.1 dev bgpv1 metric 100 proto 196 table 254\n")
+t0 = time.perf_counter()
+subprocess.run(["ip", "-batch", os.path.join(d, "add")], check=True)
+t1 = time.perf_counter()
+n = in_kernel()
+t2 = time.perf_counter()
+subprocess.run(["ip", "-batch", os.path.join(d, "del")], check=True)
+t3 = time.perf_counter()
+res["ip_batch_reference"] = {"install_seconds": t1 - t0, "routes_per_second": round(N / (t1 - t0)),
+                             "remove_seconds": t3 - t2, "removes_per_second": round(N / (t3 - t2)),
+                             "in_kernel_after_install": n, "left_after_remove": in_kernel()}
+ref = res["ip_batch_reference"]["routes_per_second"]
+for mode in ("pyroute2_per_request", "batched"):
+    res[mode]["ratio_to_ip_batch"] = round(res[mode]["routes_per_second"] / ref, 2)
+res["batched_speedup_over_per_request"] = round(
+    res["batched"]["routes_per_second"] / res["pyroute2_per_request"]["routes_per_second"], 1)
+print(json.dumps(res))
+'''
+
 EXA_COUNTER = r'''
 import sys, json, time, os
 n = 0
@@ -159,6 +214,15 @@ def run_cgwd(lab, n, kernel, trace, hold):
     code = CGWD_SIDE.replace("REPO", repr(REPO)).replace("USE_KERNEL", str(bool(kernel))) \
         .replace("TRACE", str(bool(trace))).replace("HOLD", str(hold)).replace("= N\n", f"= {n}\n")
     path = os.path.join(lab.tmp, "cgwd_side.py")
+    with open(path, "w") as f:
+        f.write(code)
+    out = nsexec(lab.cgw, sys.executable, path, timeout=900).stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def run_kernel_only(lab, n):
+    code = KERNEL_SIDE.replace("REPO", repr(REPO)).replace("NPREFIX", str(n))
+    path = os.path.join(lab.tmp, "kernel_side.py")
     with open(path, "w") as f:
         f.write(code)
     out = nsexec(lab.cgw, sys.executable, path, timeout=900).stdout.strip().splitlines()
@@ -233,7 +297,17 @@ def main():
     ap.add_argument("--kernel", action="store_true", help="also install the routes in the kernel")
     ap.add_argument("--no-exabgp", action="store_true")
     ap.add_argument("--hold", type=int, default=30)
+    ap.add_argument("--kernel-only", action="store_true",
+                    help="only time kernel route installation: cgwd per request vs batched "
+                         "vs `ip -batch` (no BGP)")
     args = ap.parse_args()
+    if args.kernel_only:
+        if os.geteuid() != 0:
+            sys.exit("needs root")
+        with Lab("kbench", n_links=1) as lab:
+            print(json.dumps({"prefixes": args.prefixes,
+                              "kernel_install": run_kernel_only(lab, args.prefixes)}, indent=2))
+        return
     if os.geteuid() != 0 or not shutil.which("bird"):
         sys.exit("needs root and bird")
     results = {}
@@ -252,6 +326,9 @@ def main():
             time.sleep(2)
             results["exabgp"] = run_exabgp(lab, args.prefixes, args.hold)
     for k, v in results.items():
+        if v.get("kernel_installed") and v.get("kernel_seconds_total"):
+            # session up -> every route in the kernel (decode + RIB + netlink, overlapped)
+            v["kernel_routes_per_second_total"] = round(v["kernel_installed"] / v["kernel_seconds_total"])
         if "seconds" in v and v.get("prefixes"):
             v["prefixes_per_second"] = round(v["prefixes"] / v["seconds"])
             if v.get("cpu_seconds"):

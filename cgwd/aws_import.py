@@ -98,7 +98,7 @@ FORMAT_NAMES = {
 # ------------------------------------------------------------------ algorithm names
 
 _ENC = {
-    "aes-128-cbc": "aes128", "aes128": "aes128", "aes-cbc": "aes128", "aes": "aes128",
+    "aes-128-cbc": "aes128", "aes128": "aes128", "aes-128": "aes128", "aes-cbc": "aes128", "aes": "aes128",
     "aes-256-cbc": "aes256", "aes256": "aes256", "aes256-cbc": "aes256", "aes-256": "aes256",
     "aes-128-gcm-16": "aes128gcm16", "aes128-gcm-16": "aes128gcm16", "aes-gcm-128": "aes128gcm16",
     "aes-256-gcm-16": "aes256gcm16", "aes256-gcm-16": "aes256gcm16", "aes-gcm-256": "aes256gcm16",
@@ -357,12 +357,15 @@ def _parse_yamaha(text: str) -> ImportedVpn:
     m = re.search(r"^\s*bgp autonomous-system\s+(\d+)", body, re.M)
     local_asn = int(m.group(1)) if m else None
     neighbors = re.findall(r"^\s*bgp neighbor\s+\d+\s+(\d+)\s+" + _IP + r"([^\n]*)", body, re.M)
-    sections = _split_tunnels(body, r"^\s*tunnel select (?=\d)")
-    k = 0
-    for sec in sections:
+    # Operators append lines like `tunnel select 1` / `tunnel name "..."` after the download
+    # (seed 000 does): every block selecting the same tunnel number describes one tunnel.
+    by_num: dict[str, list[str]] = {}
+    for sec in _split_tunnels(body, r"^\s*tunnel select (?=\d)"):
         mnum = re.match(r"(\d+)", sec)
-        if not mnum:
-            continue
+        if mnum:
+            by_num.setdefault(mnum.group(1), []).append(sec)
+    k = 0
+    for sec in ("\n".join(parts) for parts in by_num.values()):
         if re.search(r"tunnel encapsulation l2tp", sec):
             continue  # someone's remote-access tunnel, not AWS
         k += 1
@@ -447,12 +450,14 @@ def _parse_cisco(text: str) -> ImportedVpn:
         t.local_asn = int(m.group(1)) if m else local_asn
         m = re.search(r"neighbor \S+ timers (\d+) (\d+)", sec)
         t.hold_time = int(m.group(2)) if m else None
-        m = re.search(r"encryption (aes(?:-256|-128)?)\b", sec)
-        t.ike_enc = _enc(m.group(1)) if m else None
+        m = re.search(r"\bencryption (aes(?:-256|-128| 256| 128)?)\b", sec)
+        t.ike_enc = _enc(m.group(1).replace(" ", "-")) if m else None
         m = re.search(r"\bhash (sha\S*)", sec)
         t.ike_integ = _integ(m.group(1)) if m else None
         m = re.search(r"\bgroup (\d+)", sec)
         t.ike_dh = int(m.group(1)) if m else None
+        m = re.search(r"crypto (?:isakmp|ikev1) policy \d+ (?:(?!exit).)*?\blifetime (\d+)", sec)
+        t.ike_lifetime = int(m.group(1)) if m else None
         m = re.search(r"crypto ipsec transform-set \S+ esp-(aes(?: \d+)?) esp-(sha\S*)", sec)
         if m:
             t.esp_enc = _enc(m.group(1).replace(" 256", "-256-cbc"))
@@ -463,9 +468,12 @@ def _parse_cisco(text: str) -> ImportedVpn:
         t.esp_lifetime = int(m.group(1)) if m else None
         m = re.search(r"ip tcp adjust-mss (\d+)", sec)
         t.mss = int(m.group(1)) if m else None
-        m = re.search(r"crypto isakmp keepalive (\d+) (\d+)", sec)
+        # IOS: `crypto isakmp keepalive SECONDS [RETRY-SECONDS]`; the second number is the
+        # retry *interval*, not a count: reading it as retries would wait 100 s instead of
+        # AWS's 30 s before declaring the peer dead.  The count stays AWS's default (3).
+        m = re.search(r"crypto isakmp keepalive (\d+)", sec) or re.search(r"isakmp keepalive threshold (\d+)", sec)
         if m:
-            t.dpd_interval, t.dpd_retries = int(m.group(1)), int(m.group(2))
+            t.dpd_interval = int(m.group(1))
         vpn.tunnels.append(t)
     if not vpn.tunnels:
         raise AwsImportError("no 'IPSec Tunnel #1' section or crypto keyring found (truncated?)")

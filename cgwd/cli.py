@@ -24,7 +24,7 @@ commands:
                          what is missing (exit 3 if cgwd is not running)
   up TUNNEL              bring a tunnel up (initiate IKE now)
   down TUNNEL            tear a tunnel down and keep it down until `up`
-  rekey TUNNEL           rekey IKE and IPsec SAs of a tunnel now (no waiting an hour)
+  rekey TUNNEL           negotiate a new IPsec SA pair for a tunnel now (no waiting an hour)
   reload                 re-read the config file; only changed tunnels restart
   config check FILE      validate a config file, print every problem at once
   import aws FILE ...    turn an AWS VPN configuration download into a cgwd config
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="show tunnels, SAs, BGP and routes", description="Show every tunnel: outside addresses and NAT, IKE state and algorithms, time to rekey, ESP SPIs and counters, DPD, BGP state, prefixes, learned routes, and what is missing.")
     sp.add_argument("--json", action="store_true", help="print the daemon's status as JSON, unchanged")
     sock_opt(sp)
-    for name, what in (("up", "bring TUNNEL up now"), ("down", "take TUNNEL down (until `up`)"), ("rekey", "rekey TUNNEL's IKE and IPsec SAs now")):
+    for name, what in (("up", "bring TUNNEL up now"), ("down", "take TUNNEL down (until `up`)"), ("rekey", "negotiate a new IPsec (phase 2) SA pair for TUNNEL now")):
         sp = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         sp.add_argument("tunnel", metavar="TUNNEL", help="tunnel name as in the config ([[vpn.tunnel]] name)")
         sock_opt(sp)

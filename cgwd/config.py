@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from .bgp.policy import ImportPolicy
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -196,38 +198,7 @@ def check_psk(psk: str) -> str | None:
 # ---------------------------------------------------------------------- dataclasses
 
 
-@dataclass(frozen=True)
-class ImportPolicy:
-    """Which received prefixes BGP accepts.
-
-    * ``aws-default``: any unicast IPv4 prefix except link-local (169.254/16), loopback,
-      0.0.0.0/8 (other than the default route itself) and multicast/reserved space.
-    * ``none``: nothing (RFC 8212 default deny).
-    * ``list``: a prefix is accepted if it lies inside one of ``prefixes``.
-    """
-
-    mode: str  # "aws-default" | "none" | "list"
-    prefixes: tuple[IPv4Network, ...] = ()
-
-    _BOGONS = (
-        IPv4Network("0.0.0.0/8"),
-        IPv4Network("127.0.0.0/8"),
-        IPv4Network("169.254.0.0/16"),
-        IPv4Network("224.0.0.0/3"),
-    )
-
-    def permits(self, prefix: IPv4Network | str) -> bool:
-        net = IPv4Network(prefix) if not isinstance(prefix, IPv4Network) else prefix
-        if self.mode == "none":
-            return False
-        if self.mode == "list":
-            return any(net.subnet_of(p) for p in self.prefixes)
-        if net.prefixlen == 0:
-            return True
-        return not any(net.subnet_of(b) for b in self._BOGONS)
-
-    def to_config(self) -> str | list[str]:
-        return [str(p) for p in self.prefixes] if self.mode == "list" else self.mode
+# ImportPolicy is cgwd.bgp.policy.ImportPolicy (one definition for config, daemon and BGP).
 
 
 @dataclass(frozen=True)
@@ -405,6 +376,7 @@ _TUNNEL_KEYS = {
     "enabled",
     "local_address",
     "public_address",
+    "short_lifetimes",
 }
 _PER_TUNNEL_ONLY = {"name", "remote_address", "inside_cidr"}
 _VPN_KEYS = _VPN_ONLY_KEYS | (_TUNNEL_KEYS - _PER_TUNNEL_ONLY)
@@ -665,7 +637,7 @@ def _parse_import(v: Any) -> ImportPolicy:
             return ImportPolicy(v)
         raise _Bad(f"must be \"aws-default\", \"none\" or a list of prefixes (got {v!r})")
     if isinstance(v, list):
-        return ImportPolicy("list", tuple(_net(x) for x in v))
+        return ImportPolicy("prefix-list", allow=tuple(_net(x) for x in v))
     raise _Bad(f"must be \"aws-default\", \"none\" or a list of prefixes, not {_tname(v)}")
 
 
@@ -704,10 +676,13 @@ def _parse_vpn(c: _Collector, i: int, d: dict, daemon: DaemonConfig, base_dir: s
             c.err(t, "advertise", f"{n} is link-local (169.254.0.0/16): AWS does not accept it")
             break
     adv_default = _get(c, t, d, "advertise_default", _bool, False)
+    if adv_default and len(advertise) + 1 > max_adv >= len(advertise):
+        c.err(t, "advertise_default", f"the default route makes {len(advertise) + 1} prefixes, more than max_advertise = {max_adv}: AWS resets the BGP session on prefix {max_adv + 1}")
     ecmp = _get(c, t, d, "ecmp", _bool, gw == "tgw")
     max_prefix = _get(c, t, d, "max_prefix", lambda v: _int(v, 1, 1_000_000), 5000 if gw == "tgw" else 1000)
     mpa = _get(c, t, d, "max_prefix_action", lambda v: _choice(v, ("warn", "drop", "reset")), "reset")
     imp = _get(c, t, d, "import", _parse_import, ImportPolicy("aws-default"))
+    imp = imp.with_own(advertise)  # never import our own prefixes back (issue 5)
 
     defaults = {k: d[k] for k in _TUNNEL_KEYS - _PER_TUNNEL_ONLY if k in d}
     tun_raw = d.get("tunnel", [])
@@ -836,10 +811,15 @@ def _parse_tunnel(
     ike = get("ike_proposals", _proposals("ike"), ())
     esp = get("esp_proposals", _proposals("esp"), ())
     ike_life = get("ike_lifetime", lambda v: _int(v, 900, 28800, " seconds"), 28800)
-    esp_life = get("esp_lifetime", lambda v: _int(v, 900, 3600, " seconds"), 3600)
-    margin = get("rekey_margin", lambda v: _int(v, 60, None, " seconds"), 540)
+    # short_lifetimes (labs and tests only) lifts AWS's lower bounds so phase 2 rekeys every ~30 s
+    short = get("short_lifetimes", _bool, False)
+    if short:
+        c.warn(tbl("short_lifetimes"), "short_lifetimes", "AWS's lower bounds on esp_lifetime (900 s) and rekey_margin (60 s) are lifted: for labs and tests only, an AWS endpoint may refuse such lifetimes")
+    esp_lo, margin_lo = (60, 10) if short else (900, 60)
+    esp_life = get("esp_lifetime", lambda v: _int(v, esp_lo, 3600, " seconds"), 3600)
+    margin = get("rekey_margin", lambda v: _int(v, margin_lo, None, " seconds"), 540)
     if margin is not None and esp_life and margin > esp_life // 2:
-        c.err(tbl("rekey_margin"), "rekey_margin", f"must be between 60 and half the ESP lifetime ({esp_life // 2} s for esp_lifetime = {esp_life}) (got {margin})")
+        c.err(tbl("rekey_margin"), "rekey_margin", f"must be between {margin_lo} and half the ESP lifetime ({esp_life // 2} s for esp_lifetime = {esp_life}) (got {margin})")
     fuzz = get("rekey_fuzz", lambda v: _int(v, 0, 100, " percent"), 100)
     replay = get("replay_window", lambda v: _int(v, 64, 2048, " packets"), 1024)
     dpd_i = get("dpd_interval", lambda v: _int(v, 1, 3600, " seconds"), 10)

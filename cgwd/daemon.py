@@ -27,7 +27,7 @@ from .bgp.routing import RoutingTable
 from .bgp.session import BgpPeerConfig, BgpSession, SessionDown, SessionUp
 from .bgp.speaker import BgpSpeaker
 from .config import Config, ConfigError, TunnelConfig, VpnConfig, load_config
-from .control import ControlServer
+from .control import ControlError, ControlServer
 from .esp.datapath import choose_datapath, make_datapath
 from .esp.events import SaExpiring, SequenceExhausted
 from .ike.endpoint import IkeEndpoint
@@ -40,14 +40,38 @@ log = logging.getLogger("cgwd")
 
 
 def _bgp_import_policy(vpn: VpnConfig) -> BgpImportPolicy:
-    """The config's import setting as the BGP layer's policy (RFC 8212 deny for "none")."""
-    pol = vpn.import_policy
-    own = tuple(str(p) for p in vpn.advertise)
-    if pol.mode == "none":
-        return BgpImportPolicy("deny", own)
-    if pol.mode == "list":
-        return BgpImportPolicy("prefix-list", own, allow=tuple(str(p) for p in pol.prefixes))
-    return BgpImportPolicy("aws-default", own)
+    """The VPN's import policy (config and BGP share cgwd.bgp.policy.ImportPolicy; the
+    config already excludes the advertised prefixes; this makes sure of it)."""
+    return vpn.import_policy.with_own(str(p) for p in vpn.advertise)
+
+
+ESP_LIVENESS_INTERVAL = 1.0  # seconds between looks at the data path's inbound counters
+OUTBOUND_GRACE = 1.0  # seconds a pair of our rekey waits for the peer (see _hold_rekeyed_pair)
+
+
+def feed_esp_liveness(peer: IkePeer, sas: list[dict], seen: dict[str, int], now: float) -> bool:
+    """Tell the IKE peer it is alive when inbound ESP arrived since the last look.
+
+    RFC 3706: DPD asks R-U-THERE only after a period without traffic from the peer, so
+    authenticated ESP counts as traffic. ``sas`` are the data path's per-SA stats
+    (``spi_in``, ``packets_in``); ``seen`` is the previous look's counts, updated in place.
+    Returns whether any SA received packets.
+    """
+    alive = False
+    current: dict[str, int] = {}
+    for sa in sas:
+        spi = str(sa.get("spi_in") or "")
+        n = int(sa.get("packets_in") or 0)
+        if not spi:
+            continue
+        current[spi] = n
+        if n > seen.get(spi, 0):
+            alive = True
+    seen.clear()
+    seen.update(current)
+    if alive:
+        peer.peer_alive(now)
+    return alive
 
 
 class Tunnel:
@@ -71,6 +95,19 @@ class Tunnel:
         self.ipsec_up_since: float | None = None
         self.admin_up = cfg.enabled
         self._bgp_task: asyncio.Task | None = None
+        self.bgp_drops: dict[str, int] = {}  # from speakers already stopped (hostile TCP 179 input)
+        self._esp_seen: dict[str, int] = {}  # spi_in -> packets_in at the last liveness look
+        self.held: dict[int, object] = {}  # spi_in -> IpsecSaPair of our rekey, not yet in use
+
+    def esp_liveness(self) -> bool:
+        """Inbound ESP since the last call resets the peer's DPD idle timer."""
+        if self.peer is None or self.endpoint is None or self.datapath is None:
+            return False
+        alive = feed_esp_liveness(self.peer, self.datapath.stats().get("sas", []), self._esp_seen,
+                                  self.endpoint.now())
+        if alive:
+            self.endpoint.service(self.peer)
+        return alive
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, endpoint: IkeEndpoint, datapath_kind: str) -> None:
@@ -114,6 +151,7 @@ class Tunnel:
                 log.exception("tunnel=%s event=ike-stop-failed", self.name)
             self.endpoint.remove_peer(self.peer)
         self.routing.tunnel_down(self.name)
+        self.held.clear()
         if self.datapath is not None:
             await self.datapath.close()
         self.pairs.clear()
@@ -123,26 +161,25 @@ class Tunnel:
     def on_ike_event(self, ev) -> None:
         if isinstance(ev, IpsecSaUp):
             pair = ev.pair
-            try:
-                self.datapath.install(pair)
-            except Exception as exc:  # noqa: BLE001 - a data-path refusal must not kill the daemon
-                log.error("tunnel=%s event=sa-install-failed %s error=%s", self.name, pair.describe(), exc)
+            if self._hold_rekeyed_pair(ev):
                 return
-            self.pairs[pair.spi_in] = pair
-            self.nat["udp_encap"] = pair.udp_encap
-            log.info("tunnel=%s event=ipsec-up %s", self.name, pair.describe())
-            if self.ipsec_up_since is None:
-                self.ipsec_up_since = time.time()
-                self.routing.tunnel_up(self.name, self.cfg.ifname, str(self.cfg.inside_remote), self.index)
-                self._start_bgp()
+            self._install_pair(pair)
         elif isinstance(ev, IpsecSaDown):
+            if self.held.pop(ev.spi_in, None) is not None:
+                log.info("tunnel=%s event=ipsec-down spi_in=0x%08x reason=%s (before use)", self.name,
+                         ev.spi_in, ev.reason)
+                return
             self.pairs.pop(ev.spi_in, None)
             self.datapath.remove(ev.spi_in)
             log.info("tunnel=%s event=ipsec-down spi_in=0x%08x reason=%s", self.name, ev.spi_in, ev.reason)
+            if not self.pairs:  # nothing left to send on: use what was held back
+                for spi in list(self.held):
+                    self.release_held(spi, "older pair deleted")
             if not self.pairs:
                 self._tunnel_lost(f"last IPsec SA deleted ({ev.reason})")
         elif isinstance(ev, PeerDead):
             log.warning("tunnel=%s event=peer-dead remote=%s", self.name, self.cfg.remote_address)
+            self.held.clear()
             self.datapath.remove_all()
             self.pairs.clear()
             self._tunnel_lost("DPD: peer dead")
@@ -155,6 +192,62 @@ class Tunnel:
             self.nat["peer_behind_nat"] = ev.peer_behind_nat
             log.info("tunnel=%s event=nat local_behind_nat=%s peer_behind_nat=%s", self.name,
                      ev.local_behind_nat, ev.peer_behind_nat)
+
+    def _install_pair(self, pair) -> None:
+        try:
+            self.datapath.install(pair)
+        except Exception as exc:  # noqa: BLE001 - a data-path refusal must not kill the daemon
+            log.error("tunnel=%s event=sa-install-failed %s error=%s", self.name, pair.describe(), exc)
+            return
+        self.pairs[pair.spi_in] = pair
+        self.nat["udp_encap"] = pair.udp_encap
+        log.info("tunnel=%s event=ipsec-up %s", self.name, pair.describe())
+        if self.ipsec_up_since is None:
+            self.ipsec_up_since = time.time()
+            self.routing.tunnel_up(self.name, self.cfg.ifname, str(self.cfg.inside_remote), self.index)
+            self._start_bgp()
+
+    def _hold_rekeyed_pair(self, ev) -> bool:
+        """Make-before-break for rekeys we start: keep sending on the older pair until the
+        peer has the new one.
+
+        The responder installs the new pair when our last quick-mode message reaches it
+        (strongSwan: some 100 ms later on a busy machine); ESP on the new SPI before that is
+        lost at its end. The data path installs a pair and sends on it at once, so a pair
+        from our own rekey is installed only when the first ESP for its inbound SPI arrives
+        (the peer uses it, so it has it), or after OUTBOUND_GRACE seconds. Only where the
+        daemon sees inbound ESP first: UDP-encapsulated pairs on the userspace data path.
+        """
+        pair = ev.pair
+        if not (pair.udp_encap and self.pairs and getattr(self.datapath, "kind", "") == "userspace"):
+            return False
+        if self._collision_loser(pair.spi_in):
+            # lost a rekey collision (IKE keeps it, the peer may still send on it): installed
+            # only if the peer does, so that the winner keeps carrying our traffic
+            self.held[pair.spi_in] = pair
+            log.info("tunnel=%s event=ipsec-up-standby %s (rekey collision: the other new pair carries traffic)",
+                     self.name, pair.describe())
+            return True
+        if not getattr(ev, "initiator", False):
+            return False
+        self.held[pair.spi_in] = pair
+        asyncio.get_running_loop().call_later(OUTBOUND_GRACE, self.release_held, pair.spi_in, "grace time over")
+        log.info("tunnel=%s event=ipsec-up-pending %s (older pair carries traffic until the peer has it)",
+                 self.name, pair.describe())
+        return True
+
+    def _collision_loser(self, spi_in: int) -> bool:
+        state = getattr(self.peer, "child_state", None)
+        return state is not None and state(spi_in) == "rekeyed"
+
+    def release_held(self, spi_in: int, why: str) -> None:
+        if why == "grace time over" and self._collision_loser(spi_in):
+            return  # it lost a rekey collision meanwhile: stays on standby
+        pair = self.held.pop(spi_in, None)
+        if pair is None or self.datapath is None:
+            return
+        log.debug("tunnel=%s event=ipsec-switch spi_in=0x%08x reason=%s", self.name, spi_in, why)
+        self._install_pair(pair)
 
     def _tunnel_lost(self, why: str) -> None:
         """No SA carries traffic: withdraw this tunnel's routes now, not at hold-timer expiry."""
@@ -189,10 +282,18 @@ class Tunnel:
         except Exception as exc:  # noqa: BLE001
             log.error("tunnel=%s event=bgp-start-failed error=%s", self.name, exc)
 
+    def bgp_drop_counts(self) -> dict[str, int]:
+        out = dict(self.bgp_drops)
+        for k, v in (self.speaker.counters.items() if self.speaker is not None else ()):
+            out[k] = out.get(k, 0) + v
+        return out
+
     async def _stop_bgp(self, reason: str) -> None:
         speaker, self.speaker = self.speaker, None
         self.bgp_up_since = None
         if speaker is not None:
+            for k, v in speaker.counters.items():
+                self.bgp_drops[k] = self.bgp_drops.get(k, 0) + v
             try:
                 await speaker.stop(reason)
             except Exception:  # noqa: BLE001
@@ -219,6 +320,7 @@ class Tunnel:
         if action == "down":
             self.admin_up = False
             self.endpoint.stop_peer(self.peer)
+            self.held.clear()
             self.datapath.remove_all()
             self.pairs.clear()
             self._tunnel_lost("administratively down")
@@ -240,7 +342,7 @@ class Tunnel:
             d = sas_dp.get(int(sa["spi_in"], 16), {})
             sas.append({
                 "spi_in": sa["spi_in"], "spi_out": sa["spi_out"], "algorithms": sa["algorithms"],
-                "udp_encap": sa["udp_encap"],
+                "udp_encap": sa["udp_encap"], "state": sa.get("state"),
                 **{k: d.get(k, 0) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out",
                                             "replay_drops", "auth_failures")},
                 "drops": d.get("drops", {}),
@@ -284,6 +386,29 @@ class Tunnel:
                     "messages_in": bgp.get("messages_in"), "messages_out": bgp.get("messages_out"),
                     "last_error": self.last_bgp_error or bgp.get("last_error")},
         }
+
+
+def _bgp_drops(tunnels) -> dict[str, int]:
+    """BGP-side drops of every tunnel (e.g. TCP 179 connections from a stranger), by reason."""
+    out: dict[str, int] = {}
+    for t in tunnels:
+        for k, n in t.bgp_drop_counts().items():
+            out[f"bgp_{k}"] = out.get(f"bgp_{k}", 0) + n
+    return out
+
+
+def _process_stats() -> dict:
+    """Resource use of this process (leak checks: flaps must not make these grow)."""
+    out: dict = {"asyncio_tasks": len(asyncio.all_tasks())}
+    try:
+        out["open_fds"] = len(os.listdir("/proc/self/fd"))
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["rss_bytes"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 class Daemon:
@@ -341,6 +466,10 @@ class Daemon:
         if t is None or t.datapath is None:
             self._count("esp_from_unknown_peer")
             return
+        if t.held and len(data) >= 8:
+            spi = int.from_bytes(data[:4], "big")
+            if spi in t.held:  # the peer sends on the pair of our rekey: it has it, use it too
+                t.release_held(spi, "peer uses it")
         t.datapath.receive_esp(data, remote)
 
     # ------------------------------------------------------------------ start / stop
@@ -420,20 +549,20 @@ class Daemon:
         self.control = ControlServer(sock, self.handle_control)
         try:
             await self.control.start()
-        except OSError as exc:
+        except (OSError, ControlError) as exc:  # e.g. another cgwd already listens there
             log.error("event=control-socket-failed path=%s error=%s", sock, exc)
             return 1
-        for vpn in self.config.vpns:
-            for i, tcfg in enumerate(vpn.tunnels):
-                try:
-                    await self._start_tunnel(tcfg, vpn, i)
-                except Exception:  # noqa: BLE001 - reported above; other tunnels go on
-                    pass
+        # All tunnels start at once: one tunnel's TUN/netlink set-up overlaps the others' IKE
+        # exchanges instead of queueing behind them (bench/bringup_memory.py). Failures are
+        # logged by _start_tunnel; the other tunnels go on.
+        await asyncio.gather(*(self._start_tunnel(tcfg, vpn, i) for vpn in self.config.vpns
+                               for i, tcfg in enumerate(vpn.tunnels)), return_exceptions=True)
         if self.config.daemon.metrics_listen:
             await self._start_metrics()
         for routing in self.routing.values():
             self._tasks.append(asyncio.ensure_future(routing.maintain(self.config.daemon.reconcile_interval)))
         self._tasks.append(asyncio.ensure_future(self._notify_loop()))
+        self._tasks.append(asyncio.ensure_future(self._esp_liveness_loop()))
         self.notifier.ready(self.summary())
         log.info("event=ready tunnels=%d socket=%s", len(self.tunnels), sock)
         while True:
@@ -458,6 +587,15 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001
             log.error("event=metrics-failed listen=%s error=%s", self.config.daemon.metrics_listen, exc)
             self.metrics = None
+
+    async def _esp_liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ESP_LIVENESS_INTERVAL)
+            for t in list(self.tunnels.values()):
+                try:
+                    t.esp_liveness()
+                except Exception:  # noqa: BLE001 - one tunnel's trouble must not stop the loop
+                    log.exception("tunnel=%s event=esp-liveness-failed", t.name)
 
     async def _notify_loop(self) -> None:
         interval = self.notifier.watchdog_interval()
@@ -537,7 +675,9 @@ class Daemon:
             "tunnels": [t.status(self._mono_to_wall) for t in self.tunnels.values()],
             "routes": routes,
             "drops": {**self.drops, **{f"ike_{k.removeprefix('drop_')}": v for ep in self.endpoints.values()
-                                       for k, v in ep.counters.items() if k.startswith("drop")}},
+                                       for k, v in ep.counters.items() if k.startswith("drop")},
+                      **_bgp_drops(self.tunnels.values())},
+            "process": _process_stats(),
         }
 
     async def handle_control(self, req: dict) -> dict:
@@ -565,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("cgwd: needs root or CAP_NET_ADMIN + CAP_NET_RAW + CAP_NET_BIND_SERVICE", file=sys.stderr)
+    from .pyroute2_lite import install as pyroute2_lite
+    pyroute2_lite()  # only the pyroute2 classes cgwd uses: ~6 MiB less RSS (bench/bringup_memory.py)
     try:
         return asyncio.run(Daemon(args.config, args.socket).run())
     except KeyboardInterrupt:

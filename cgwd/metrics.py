@@ -88,8 +88,11 @@ def render_metrics(status: dict) -> str:
             o.add("cgwd_ike_state", "gauge", "IKE SA state (1 for the current state)", {**L, "state": s}, st == s)
         o.add("cgwd_ike_established_timestamp_seconds", "gauge", "when the IKE SA was established", L, ike.get("established_at"))
         o.add("cgwd_ike_rekey_timestamp_seconds", "gauge", "when the IKE SA will be rekeyed", L, ike.get("rekey_at"))
-        for k, v in sorted((ike.get("counters") or {}).items()):
+        counters = ike.get("counters") or {}
+        for k, v in sorted(counters.items()):
             o.add("cgwd_ike_events_total", "counter", "IKE events (rekeys, retransmits, failures...)", {**L, "event": _metric_name_part(k)}, v)
+        for sa_kind in ("ike", "ipsec"):
+            o.add("cgwd_rekeys_total", "counter", "completed rekeys, by SA kind", {**L, "sa": sa_kind}, counters.get(f"rekeys_{sa_kind}", 0))
         o.add("cgwd_ipsec_sa_installed", "gauge", "number of installed ESP SA pairs", L, len(sas) if ipsec.get("state") == "installed" else 0)
         o.add("cgwd_ipsec_packets_total", "counter", "ESP packets", {**L, "direction": "in"}, ipsec.get("packets_in", sum(s.get("packets_in", 0) for s in sas)))
         o.add("cgwd_ipsec_packets_total", "counter", "ESP packets", {**L, "direction": "out"}, ipsec.get("packets_out", sum(s.get("packets_out", 0) for s in sas)))
@@ -99,9 +102,17 @@ def render_metrics(status: dict) -> str:
         o.add("cgwd_ipsec_auth_failures_total", "counter", "ESP packets failing integrity check (current SAs)", L, sum(s.get("auth_failures", 0) for s in sas))
         for s in sas:
             o.add("cgwd_ipsec_sa_expiry_timestamp_seconds", "gauge", "when the ESP SA expires", {**L, "spi_in": s.get("spi_in", "")}, s.get("expires_at"))
-        for reason, n in sorted((ipsec.get("drops") or {}).items()):
-            o.add("cgwd_tunnel_drops_total", "counter", "packets dropped on this tunnel, by reason", {**L, "reason": _metric_name_part(reason)}, n)
+        drops: dict[str, int] = {}
+        for d in [ipsec.get("drops") or {}] + [s.get("drops") or {} for s in sas]:
+            for reason, n in d.items():
+                if isinstance(n, (int, float)) and not isinstance(n, bool):
+                    key = _metric_name_part(reason)
+                    drops[key] = drops.get(key, 0) + n
+        for reason, n in sorted(drops.items()):
+            o.add("cgwd_tunnel_drops_total", "counter", "packets dropped on this tunnel by the data path, by reason (replay and integrity failures are counted apart)", {**L, "reason": reason}, n)
         o.add("cgwd_dpd_outstanding", "gauge", "DPD requests without answer", L, dpd.get("outstanding"))
+        for kind in ("sent", "acked", "answered", "dead"):
+            o.add("cgwd_dpd_total", "counter", "DPD: R-U-THERE sent, acknowledged, answered for the peer; peer declared dead", {**L, "event": kind}, counters.get(f"dpd_{kind}", 0))
         o.add("cgwd_dpd_last_seen_timestamp_seconds", "gauge", "last time the peer was heard from", L, dpd.get("last_seen"))
         bs = bgp.get("state", "idle")
         for s in BGP_STATES:
@@ -109,20 +120,30 @@ def render_metrics(status: dict) -> str:
         o.add("cgwd_bgp_established_timestamp_seconds", "gauge", "when the BGP session was established", L, bgp.get("uptime_since") if bs == "established" else None)
         o.add("cgwd_bgp_prefixes_received", "gauge", "prefixes received from AWS", L, bgp.get("prefixes_received"))
         o.add("cgwd_bgp_prefixes_advertised", "gauge", "prefixes advertised to AWS", L, bgp.get("prefixes_advertised"))
-        o.add("cgwd_bgp_messages_total", "counter", "BGP messages", {**L, "direction": "in"}, bgp.get("messages_in"))
-        o.add("cgwd_bgp_messages_total", "counter", "BGP messages", {**L, "direction": "out"}, bgp.get("messages_out"))
+        for direction in ("in", "out"):
+            msgs = bgp.get(f"messages_{direction}")
+            # the session counts by message type ({"KEEPALIVE": n, ...}); older status: one number
+            items = sorted(msgs.items()) if isinstance(msgs, dict) else ([("all", msgs)] if msgs is not None else [])
+            for mtype, n in items:
+                o.add("cgwd_bgp_messages_total", "counter", "BGP messages, by direction and type", {**L, "direction": direction, "type": _metric_name_part(str(mtype))}, n)
         o.add("cgwd_bgp_hold_time_seconds", "gauge", "negotiated BGP hold time", L, bgp.get("hold_time"))
     routes = status.get("routes") or []
-    per: dict[str, list[int]] = {}
+    per: dict[str, list[int]] = {t.get("name", ""): [0, 0, 0] for t in tunnels}
     for r in routes:
-        c = per.setdefault(str(r.get("tunnel", "")), [0, 0])
+        c = per.setdefault(str(r.get("tunnel", "")), [0, 0, 0])
         c[0] += 1
-        c[1] += bool(r.get("installed"))
-    for tun, (n, inst) in sorted(per.items()):
-        o.add("cgwd_routes", "gauge", "learned routes whose best path uses the tunnel", {"tunnel": tun}, n)
-        o.add("cgwd_routes_installed", "gauge", "learned routes installed in the kernel", {"tunnel": tun}, inst)
+        c[1] += bool(r.get("best"))
+        c[2] += bool(r.get("installed"))
+    for tun, (n, best, inst) in sorted(per.items()):
+        o.add("cgwd_routes", "gauge", "learned paths (prefixes) through the tunnel, best or backup", {"tunnel": tun}, n)
+        o.add("cgwd_routes_best", "gauge", "learned prefixes whose best path is through the tunnel", {"tunnel": tun}, best)
+        o.add("cgwd_routes_installed", "gauge", "learned prefixes installed in the kernel through the tunnel", {"tunnel": tun}, inst)
     for reason, n in sorted((status.get("drops") or {}).items()):
         o.add("cgwd_drops_total", "counter", "packets dropped outside a tunnel, by reason", {"reason": _metric_name_part(reason)}, n)
+    proc = status.get("process") or {}
+    o.add("cgwd_open_fds", "gauge", "open file descriptors of the cgwd process", {}, proc.get("open_fds"))
+    o.add("cgwd_asyncio_tasks", "gauge", "asyncio tasks in the cgwd process", {}, proc.get("asyncio_tasks"))
+    o.add("cgwd_resident_memory_bytes", "gauge", "resident memory of the cgwd process", {}, proc.get("rss_bytes"))
     return o.text()
 
 

@@ -151,6 +151,10 @@ def _format_tunnel(t: dict, now: float) -> list[str]:
         out.append(_line("IKE", f"established {ike.get('algorithms', '-')}, up {_since(now, ike.get('established_at'))}, rekey {_until(now, ike.get('rekey_at'))}"))
     else:
         out.append(_line("IKE", ike_s + (f" (last error: {ike['last_error']})" if ike.get("last_error") else "")))
+    ike_drops = {k.removeprefix("drop_"): v for k, v in (ike.get("counters") or {}).items()
+                 if k.startswith("drop_") and isinstance(v, int) and v}
+    if ike_drops:
+        out.append(_line("IKE drops", ", ".join(f"{k} {v}" for k, v in sorted(ike_drops.items()))))
 
     ipsec = t.get("ipsec") or {}
     sas = ipsec.get("sas") or []

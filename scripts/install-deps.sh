@@ -24,4 +24,6 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v -E "^(WARNING: Location|  !!|    with strategy)" || true
 .venv/bin/python -c "import cgwd, cryptography, pyroute2, scapy, pytest" 
+# The qemu tier (a Debian kernel with ESP under QEMU): best-effort, its tests skip with a reason.
+bash scripts/install-qemu.sh || echo "install-deps: QEMU tier not installed (tests/qemu will skip)" >&2
 echo "install-deps: ready (.venv/bin/cgwd, .venv/bin/cgwctl)"

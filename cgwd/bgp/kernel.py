@@ -9,6 +9,17 @@ Safety: every delete is qualified with our protocol id, and the kernel refuses t
 a route whose protocol differs (fib_table_delete matches rtm_protocol); we never use
 NLM_F_REPLACE: a change is "delete ours, then add exclusively", so a route another daemon
 installed with the same prefix/metric is left alone (counted in ``conflicts``).
+
+Speed: bulk changes (thousands of routes after a session comes up, a tunnel failover,
+reconciliation after an interface flap) are sent as netlink *batches*: up to
+``BATCH_MSGS`` RTM_NEWROUTE/RTM_DELROUTE requests in one sendmsg() on a NETLINK_ROUTE
+socket, each with NLM_F_ACK and its own sequence number, then the ACKs are read and
+matched by sequence number, so every route still gets its own result (EEXIST ->
+conflict, ENODEV -> interface gone, ...).  The messages are compiled by pyroute2
+(``IPBatch``) once per shape (family, prefix length, next hops, command) and only the
+destination address and sequence number are patched per route.  pyroute2's
+per-request path (several hundred microseconds a route) is used for small changes,
+dumps, and when an ``iproute`` or ``netns`` is given (unit-test fakes).
 """
 from __future__ import annotations
 
@@ -17,7 +28,9 @@ import errno
 import functools
 import ipaddress
 import logging
+import os
 import socket
+import struct
 import threading
 
 log = logging.getLogger("cgwd.bgp.kernel")
@@ -25,6 +38,137 @@ log = logging.getLogger("cgwd.bgp.kernel")
 RTPROT_CGWD = 196
 DEFAULT_TABLE = 254
 DEFAULT_METRIC = 100
+
+BATCH_MSGS = 256           # requests per sendmsg(); their ACKs must fit our socket's rcvbuf
+BATCH_MIN = 8              # fewer routes than this go through pyroute2's request path
+_NLMSG_ERROR = 2
+_SOL_NETLINK = 270
+_NETLINK_CAP_ACK = 10      # error ACKs without a copy of the request
+_RTA_DST = 1
+_HDR = struct.Struct("=IHHII")
+_SO_RCVBUFFORCE = 33       # Linux; Python's socket module lacks the name
+_SO_SNDBUFFORCE = 32
+
+
+class _Op:
+    """One route change for the batch: ``kind`` "add" or "del"."""
+    __slots__ = ("kind", "prefix", "net", "nhs", "spec", "err")
+
+    def __init__(self, kind, prefix, net, nhs=None, spec=None):
+        self.kind, self.prefix, self.net, self.nhs, self.spec = kind, prefix, net, nhs, spec
+        self.err = None
+
+
+class _NetlinkBatcher:
+    """Sends many route requests per sendmsg() and matches the ACKs (see module doc)."""
+
+    def __init__(self):
+        self.sock = None
+        self.seq = 0
+        self._tmpl: dict = {}
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _open(self):
+        if self.sock is None:
+            sk = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            try:
+                sk.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+            except OSError:
+                pass
+            # every ACK is its own skb (~1 KiB of rcvbuf): room for a whole batch of them
+            for force, opt in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+                try:
+                    sk.setsockopt(socket.SOL_SOCKET, force, 1 << 20)
+                except OSError:
+                    try:
+                        sk.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
+                    except OSError:
+                        pass
+            sk.bind((0, 0))
+            sk.settimeout(10)
+            self.sock = sk
+        return self.sock
+
+    def _template(self, kind: str, spec: dict, plen: int):
+        """(bytearray message, offset of the RTA_DST payload, its length) for this shape."""
+        fam = spec["family"]
+        hops = spec.get("multipath")
+        key = (kind, fam, plen, spec.get("gateway"), spec.get("oif"),
+               tuple((h["gateway"], h["oif"]) for h in hops) if hops else None)
+        t = self._tmpl.get(key)
+        if t is not None:
+            return t
+        if len(self._tmpl) > 512:           # interfaces come and go (new ifindex): bound it
+            self._tmpl.clear()
+        # a fresh compiler per shape (a few ms, a handful of shapes per run): pyroute2's
+        # synchronous objects belong to the thread that made them
+        from pyroute2 import IPBatch
+        # a placeholder destination that is never all zeroes (pyroute2 may drop a zero one)
+        dummy = "10.0.0.0" if fam == socket.AF_INET else "2001:db8::"
+        kw = {k: v for k, v in spec.items() if k != "dst"}
+        kw["dst"] = f"{dummy}/{plen}"
+        ipb = IPBatch()
+        try:
+            ipb.route(kind, **kw)
+            msg = bytearray(ipb.batch)
+        finally:
+            ipb.close()
+        alen = 4 if fam == socket.AF_INET else 16
+        off = 16 + 12                          # nlmsghdr + rtmsg
+        dst_off = None
+        while off + 4 <= len(msg):
+            rlen, rtype = struct.unpack_from("=HH", msg, off)
+            if rlen < 4:
+                break
+            if rtype == _RTA_DST and rlen == 4 + alen:
+                dst_off = off + 4
+                break
+            off += (rlen + 3) & ~3
+        if dst_off is None or _HDR.unpack_from(msg, 0)[0] != len(msg):
+            raise RuntimeError(f"cannot build a netlink template for {kind} {spec}")
+        struct.pack_into("=I", msg, 12, 0)     # nlmsg_pid: let the kernel fill it
+        t = self._tmpl[key] = (msg, dst_off, alen)
+        return t
+
+    def run(self, ops: list) -> None:
+        """Send ``ops`` (.spec: the pyroute2 route() keywords; .net: the destination);
+        set each op.err to 0 or a positive errno."""
+        sk = self._open()
+        for i in range(0, len(ops), BATCH_MSGS):
+            chunk = ops[i:i + BATCH_MSGS]
+            parts = []
+            by_seq = {}
+            for op in chunk:
+                msg, dst_off, alen = self._template(op.kind, op.spec, op.net.prefixlen)
+                self.seq = (self.seq % 0x7FFFFFFF) + 1
+                m = bytearray(msg)
+                struct.pack_into("=I", m, 8, self.seq)
+                m[dst_off:dst_off + alen] = op.net.network_address.packed
+                parts.append(m)
+                by_seq[self.seq] = op
+            try:
+                sk.send(b"".join(parts))
+                while by_seq:
+                    data = sk.recv(1 << 20)
+                    off = 0
+                    while off + 16 <= len(data):
+                        mlen, mtype, _fl, seq, _pid = _HDR.unpack_from(data, off)
+                        if mlen < 16:
+                            break
+                        if mtype == _NLMSG_ERROR and seq in by_seq:
+                            code = struct.unpack_from("=i", data, off + 16)[0]
+                            by_seq.pop(seq).err = -code
+                        off += (mlen + 3) & ~3
+            except OSError as e:
+                # no answer or socket trouble: unknown outcome; reopen next time
+                for op in by_seq.values():
+                    op.err = e.errno or errno.EIO
+                self.close()
+                sk = self._open()
 
 
 def _off_loop(fn):
@@ -71,7 +215,10 @@ class KernelRoutes:
         self.conflicts: dict[str, str] = {}       # prefix -> why not installed
         self.failed: dict[str, str] = {}
         self._ifindex: dict[str, int] = {}
-        self.ops = 0
+        self.ops = 0                              # route changes the kernel accepted
+        self.batches = 0
+        self._batcher = _NetlinkBatcher()
+        self._batch_ok = True
 
     # ------------------------------------------------------------ netlink plumbing
     @property
@@ -106,6 +253,7 @@ class KernelRoutes:
                     pass
             self._all.clear()
             self._tls = threading.local()
+            self._batcher.close()
 
     def _index(self, ifname: str) -> int | None:
         idx = self._ifindex.get(ifname)
@@ -116,8 +264,8 @@ class KernelRoutes:
             idx = self._ifindex[ifname] = found[0]
         return idx
 
-    def _spec(self, prefix: str, nexthops) -> dict | None:
-        net = ipaddress.ip_network(prefix, strict=False)
+    def _spec(self, prefix: str, nexthops, net=None) -> dict | None:
+        net = net or ipaddress.ip_network(prefix, strict=False)
         spec = {"dst": str(net), "table": self.table, "priority": self.metric,
                 "proto": self.proto,
                 "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET}
@@ -135,78 +283,107 @@ class KernelRoutes:
             spec["multipath"] = hops
         return spec
 
-    def _del(self, prefix: str) -> bool:
+    def _del_op(self, prefix: str) -> _Op:
         net = ipaddress.ip_network(prefix, strict=False)
-        try:
-            self.ipr.route("del", dst=str(net), table=self.table, priority=self.metric,
-                           proto=self.proto,
-                           family=socket.AF_INET6 if net.version == 6 else socket.AF_INET)
-            self.ops += 1
-            return True
-        except Exception as e:
-            code = getattr(e, "code", None)
-            if code not in (errno.ESRCH, errno.ENOENT):
-                log.warning("kernel: delete %s failed: %s", prefix, e)
-            return False
+        return _Op("del", prefix, net, None,
+                   {"dst": str(net), "table": self.table, "priority": self.metric,
+                    "proto": self.proto,
+                    "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET})
 
-    def _add(self, prefix: str, nexthops) -> bool:
+    def _add_op(self, prefix: str, nexthops) -> _Op | None:
+        """An "add" for the batch, or None (recorded in ``failed``) when impossible."""
         try:
-            spec = self._spec(prefix, nexthops)
+            net = ipaddress.ip_network(prefix, strict=False)
+            spec = self._spec(prefix, nexthops, net)
         except Exception as e:
             self.failed[prefix] = str(e)
-            return False
+            return None
         if spec is None:
             self.failed[prefix] = "tunnel interface not present"
             self._ifindex.clear()
-            return False
-        try:
-            self.ipr.route("add", **spec)
-            self.ops += 1
-        except Exception as e:
-            code = getattr(e, "code", None)
-            if code == errno.EEXIST:
-                self.conflicts[prefix] = "a route with the same prefix and metric exists " \
-                                         "(not installed by cgwd): left alone"
-                log.warning("kernel: %s: %s", prefix, self.conflicts[prefix])
+            return None
+        return _Op("add", prefix, net, nexthops, spec)
+
+    def _execute(self, ops: list) -> None:
+        """Run the ops in order (batched when possible) and record their outcome."""
+        if not ops:
+            return
+        if (self._batch_ok and self._given is None and self.netns is None
+                and len(ops) >= BATCH_MIN):
+            try:
+                self._batcher.run(ops)
+            except Exception as e:    # e.g. a template pyroute2 would not build
+                log.warning("kernel: netlink batching unavailable (%s); one request per route", e)
+                self._batch_ok = False
+        for op in ops:
+            if op.err is not None:
+                continue
+            try:
+                self.ipr.route(op.kind, **op.spec)
+                op.err = 0
+            except Exception as e:
+                code = getattr(e, "code", None)
+                op.err = code if isinstance(code, int) and code > 0 else errno.EIO
+        self.batches += 1
+        logged = 0
+        for op in ops:
+            if op.err == 0:
+                self.ops += 1
+        for op in ops:
+            p, err = op.prefix, op.err
+            if op.kind == "del":
+                if err not in (0, errno.ESRCH, errno.ENOENT) and logged < 5:
+                    logged += 1
+                    log.warning("kernel: delete %s failed: %s", p, os.strerror(err))
+                continue
+            if err == 0:
+                self.installed[p] = op.nhs
+                self.conflicts.pop(p, None)
+                self.failed.pop(p, None)
+            elif err == errno.EEXIST:
+                self.conflicts[p] = "a route with the same prefix and metric exists " \
+                                    "(not installed by cgwd): left alone"
+                if logged < 5:
+                    logged += 1
+                    log.warning("kernel: %s: %s", p, self.conflicts[p])
             else:
-                if code == errno.ENODEV:
+                if err == errno.ENODEV:
                     self._ifindex.clear()
-                self.failed[prefix] = str(e)
-                log.warning("kernel: add %s via %s failed: %s", prefix, nexthops, e)
-            return False
-        self.conflicts.pop(prefix, None)
-        self.failed.pop(prefix, None)
-        return True
+                self.failed[p] = os.strerror(err)
+                if logged < 5:
+                    logged += 1
+                    log.warning("kernel: add %s via %s failed: %s", p, op.nhs, os.strerror(err))
+        bad = sum(1 for op in ops if op.err not in (0, errno.ESRCH, errno.ENOENT))
+        if bad > logged:
+            log.warning("kernel: %d of %d route changes failed (first %d logged)", bad, len(ops), logged)
 
     # ------------------------------------------------------------ public API
     @_off_loop
     def apply(self, changes) -> None:
         """Apply a rib.RibChanges (add / replace / remove)."""
         with self._lock:
+            ops = []
             for p in changes.remove:
                 self.conflicts.pop(p, None)
                 self.failed.pop(p, None)
                 if self.installed.pop(p, None) is not None:
-                    self._del(p)
-            for p, nhs in changes.replace.items():
-                if p in self.installed:
-                    self._del(p)
-                    del self.installed[p]
-                if self._add(p, nhs):
-                    self.installed[p] = nhs
-            for p, nhs in changes.add.items():
-                if p in self.installed:
-                    self._del(p)
-                    del self.installed[p]
-                if self._add(p, nhs):
-                    self.installed[p] = nhs
+                    ops.append(self._del_op(p))
+            for items in (changes.replace.items(), changes.add.items()):
+                for p, nhs in items:
+                    if p in self.installed:
+                        ops.append(self._del_op(p))
+                        del self.installed[p]
+                    op = self._add_op(p, nhs)
+                    if op is not None:
+                        ops.append(op)
+            self._execute(ops)
 
     @_off_loop
     def remove_all(self) -> None:
         with self._lock:
-            for p in list(self.installed):
-                self._del(p)
+            ops = [self._del_op(p) for p in self.installed]
             self.installed.clear()
+            self._execute(ops)
             self.conflicts.clear()
             self.failed.clear()
 
@@ -251,10 +428,13 @@ class KernelRoutes:
         with self._lock:
             self._ifindex.clear()
             have = self.dump()
-            for p, hops in have.items():
+            ops = []
+            removed, added = [], []
+            for p in have:
                 if p not in desired:
-                    if self._del(p):
-                        stats["removed"] += 1
+                    op = self._del_op(p)
+                    ops.append(op)
+                    removed.append(op)
                     self.installed.pop(p, None)
             for p, nhs in desired.items():
                 want = None
@@ -271,19 +451,21 @@ class KernelRoutes:
                 if cur is not None and cur == want:
                     self.installed[p] = nhs
                     continue
+                self.installed.pop(p, None)
                 if cur is not None:
-                    self._del(p)
-                    self.installed.pop(p, None)
+                    ops.append(self._del_op(p))
                     stats["fixed"] += 1
-                else:
-                    self.installed.pop(p, None)
                 if want is None:
                     self.failed[p] = "tunnel interface not present"
                     continue
-                if self._add(p, nhs):
-                    self.installed[p] = nhs
+                op = self._add_op(p, nhs)
+                if op is not None:
+                    ops.append(op)
                     if cur is None:
-                        stats["added"] += 1
+                        added.append(op)
+            self._execute(ops)
+            stats["removed"] = sum(1 for op in removed if op.err == 0)
+            stats["added"] = sum(1 for op in added if op.err == 0)
         if any(stats.values()):
             log.info("kernel reconcile: %s", stats)
         return stats

@@ -10,7 +10,7 @@ AS_PATH prepend count and MED.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .message import AS_SEQUENCE, Route
 
@@ -38,29 +38,59 @@ def check_export_limit(prefixes, limit: int = VGW_EXPORT_LIMIT) -> None:
             f"exceeding it resets the session). Summarise the on-prem prefixes.")
 
 
-@dataclass
-class ImportPolicy:
-    """Decides which received prefixes enter the RIB.
+_MODE_ALIASES = {"none": "deny", "list": "prefix-list"}
 
-    ``mode``: "deny" (RFC 8212 default: nothing), "aws-default", "any" (accept all),
-    or "prefix-list" (only prefixes covered by ``allow``).
+
+@dataclass(frozen=True, eq=False)
+class ImportPolicy:
+    """Decides which received prefixes enter the RIB (the one definition: the config file,
+    the daemon and the BGP layer all use this class).
+
+    ``mode``: "deny" (RFC 8212 default: nothing; config spelling "none"), "aws-default"
+    (the config's default: any prefix except the default route, our own advertised
+    prefixes and more-specifics of them, the inside 169.254.0.0/16 range and
+    multicast/loopback/reserved space), "any" (accept all), or "prefix-list" (config
+    spelling: a list of prefixes; only prefixes inside one of ``allow``, with the same
+    exclusions as "aws-default").  ``deny`` always wins.
+
+    Immutable and compared/hashed by its canonical settings, so it can live in the
+    frozen TunnelConfig and take part in reload fingerprints.
     """
     mode: str = "deny"
     own_prefixes: tuple = ()
     allow: tuple = ()
     deny: tuple = ()
     accept_default_route: bool = False
-    _own: list = field(default_factory=list, repr=False)
-    _allow: list = field(default_factory=list, repr=False)
-    _deny: list = field(default_factory=list, repr=False)
 
     def __post_init__(self):
-        if self.mode not in ("deny", "aws-default", "any", "prefix-list"):
+        mode = _MODE_ALIASES.get(self.mode, self.mode)
+        if mode not in ("deny", "aws-default", "any", "prefix-list"):
             raise ValueError(f"unknown import policy {self.mode!r}")
-        self._own = [ipaddress.ip_network(p, strict=False) for p in self.own_prefixes]
-        self._allow = [ipaddress.ip_network(p, strict=False) for p in self.allow]
-        self._deny = [ipaddress.ip_network(p, strict=False) for p in self.deny]
-        self._cache: dict = {}
+        sa = object.__setattr__
+        sa(self, "mode", mode)
+        nets = {}
+        for name in ("own_prefixes", "allow", "deny"):
+            lst = [ipaddress.ip_network(p, strict=False) for p in getattr(self, name)]
+            uniq = list(dict.fromkeys(lst))
+            nets[name] = uniq
+            sa(self, name, tuple(str(n) for n in uniq))
+        sa(self, "_own", nets["own_prefixes"])
+        sa(self, "_allow", nets["allow"])
+        sa(self, "_deny", nets["deny"])
+        sa(self, "_cache", {})
+        sa(self, "_v4cache", None)
+
+    def _key(self):
+        return (self.mode, frozenset(self.own_prefixes), frozenset(self.allow),
+                frozenset(self.deny), self.accept_default_route)
+
+    def __eq__(self, other):
+        if not isinstance(other, ImportPolicy):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
 
     @classmethod
     def aws_default(cls, own_prefixes=()) -> "ImportPolicy":
@@ -68,17 +98,34 @@ class ImportPolicy:
 
     @classmethod
     def from_config(cls, value, own_prefixes=()) -> "ImportPolicy":
+        """``None`` -> deny (RFC 8212); a mode name ("aws-default", "none"/"deny", "any");
+        a list of prefixes -> "prefix-list"; an ImportPolicy is returned with
+        ``own_prefixes`` added."""
         if isinstance(value, ImportPolicy):
-            return value
+            return value.with_own(own_prefixes) if own_prefixes else value
         if value is None:
-            return cls("deny")
+            return cls("deny", tuple(own_prefixes))
         if isinstance(value, str):
             return cls(value, tuple(own_prefixes))
         return cls("prefix-list", tuple(own_prefixes), allow=tuple(value))
 
-    def accepts(self, prefix: str) -> bool:
+    def with_own(self, own_prefixes) -> "ImportPolicy":
+        """The same policy that also refuses ``own_prefixes`` (what we advertise)."""
+        return ImportPolicy(self.mode, tuple(self.own_prefixes) + tuple(own_prefixes),
+                            self.allow, self.deny, self.accept_default_route)
+
+    def to_config(self):
+        """The config-file spelling: "aws-default", "none", "any" or the allow list."""
+        if self.mode == "prefix-list":
+            return list(self.allow)
+        return "none" if self.mode == "deny" else self.mode
+
+    def accepts(self, prefix) -> bool:
+        """Is ``prefix`` (a string such as "10.0.0.0/16", or an ip_network) accepted?"""
         if self.mode == "deny":
             return False
+        if prefix.__class__ is not str:
+            prefix = str(prefix)
         if ":" not in prefix:                 # IPv4: integer fast path, no cache needed
             r = self._decide_v4(prefix)
             if r is not None:
@@ -106,11 +153,12 @@ class ImportPolicy:
         return "not allowed by policy"
 
     def _v4_nets(self):
-        nets = getattr(self, "_v4cache", None)
+        nets = self._v4cache
         if nets is None:
             def conv(lst):
                 return [(int(n.network_address), n.prefixlen) for n in lst if n.version == 4]
-            nets = self._v4cache = (conv(self._own), conv(self._allow), conv(self._deny))
+            nets = (conv(self._own), conv(self._allow), conv(self._deny))
+            object.__setattr__(self, "_v4cache", nets)
         return nets
 
     @staticmethod

@@ -24,6 +24,7 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 SLICE_BYTES = 16 * 1024
 PAUSE_BACKLOG = 256 * 1024
 RESUME_BACKLOG = 64 * 1024
+FAST_CONNECT_ATTEMPTS = (0.25, 0.5)   # seconds; see _connect
 
 
 class _Proto(asyncio.Protocol):
@@ -68,6 +69,7 @@ class BgpSpeaker:
         self._pumping = False
         self._stopped = False
         self.listen_error: str | None = None
+        self.counters: dict[str, int] = {}   # drops by reason (hostile input), for status/metrics
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -158,6 +160,7 @@ class BgpSpeaker:
             peer = p.transport.get_extra_info("peername")
             if not peer or peer[0] != self.remote_address:
                 log.info("BGP: rejecting connection from %s (expect %s)", peer, self.remote_address)
+                self.counters["rejected_connection"] = self.counters.get("rejected_connection", 0) + 1
                 self._closing.add(p)
                 p.transport.close()
                 return
@@ -311,20 +314,33 @@ class BgpSpeaker:
     async def _connect(self) -> None:
         fam = socket.AF_INET6 if ":" in self.remote_address else socket.AF_INET
         timeout = max(1.0, float(self.session.config.connect_retry))
-        sk = socket.socket(fam, socket.SOCK_STREAM)
-        try:
-            sk.setblocking(False)
-            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sk.bind((self.local_address, 0))
-            await asyncio.wait_for(self._loop.sock_connect(sk, (self.remote_address, self.port)),
-                                   timeout)
-            await self._loop.create_connection(lambda: _Proto(self, True), sock=sk)
-        except asyncio.CancelledError:
-            sk.close()
-            raise
-        except (OSError, asyncio.TimeoutError) as e:
-            sk.close()
-            log.debug("BGP connect %s -> %s failed: %s", self.local_address, self.remote_address, e)
-            if not self._stopped:
-                self.session.connection_lost(self._now(), outbound=True)
-                self._pump()
+        deadline = self._loop.time() + timeout
+        # The first SYN, sent the moment the tunnel's SA is installed, is often lost: an IKEv1
+        # responder installs its SA only once it has processed the last quick-mode message.
+        # The kernel would re-send it after 1 s; fresh attempts after 0.25 s and 0.5 s come
+        # sooner, and the last attempt gets the rest of the connect-retry time.
+        quick = list(FAST_CONNECT_ATTEMPTS)
+        while True:
+            sk = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                sk.setblocking(False)
+                sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sk.bind((self.local_address, 0))
+                left = deadline - self._loop.time()
+                wait = quick.pop(0) if quick and left > 2 * quick[0] else left
+                await asyncio.wait_for(self._loop.sock_connect(sk, (self.remote_address, self.port)),
+                                       max(wait, 0.01))
+                await self._loop.create_connection(lambda: _Proto(self, True), sock=sk)
+                return
+            except asyncio.CancelledError:
+                sk.close()
+                raise
+            except (OSError, asyncio.TimeoutError) as e:
+                sk.close()
+                if isinstance(e, asyncio.TimeoutError) and wait < left and not self._stopped:
+                    continue           # a quick attempt timed out: a new SYN now
+                log.debug("BGP connect %s -> %s failed: %s", self.local_address, self.remote_address, e)
+                if not self._stopped:
+                    self.session.connection_lost(self._now(), outbound=True)
+                    self._pump()
+                return

@@ -7,6 +7,12 @@ tunnel's tag (reqid == if_id == mark == :func:`cgwd.esp.xfrm.tag_for(ifname)`, i
 the 0x6367xxxx range) so that ``open`` can remove what a crashed run left behind and
 ``close`` removes exactly what this object installed.
 
+TCP MSS: the kernel does not clamp by itself (the userspace path rewrites SYNs), so ``open``
+adds two iptables mangle/FORWARD TCPMSS rules (``-o``/``-i`` the interface, tagged with the
+comment ``cgwd-mss <ifname>``) when ``mss`` is set; ``close`` and the next ``open`` after a
+crash remove them. Without iptables the path still works (PMTU discovery), and status says
+the clamp is off and why.
+
 Integration note: with the kernel path, UDP-encapsulated ESP is decapsulated by the
 kernel only when the IKE endpoint's UDP 4500 socket has
 ``setsockopt(IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)`` (100 = UDP_ENCAP,
@@ -20,6 +26,7 @@ import concurrent.futures
 import errno
 import logging
 import os
+import shlex
 
 from cgwd.esp.datapath import Datapath
 from cgwd.esp.events import SaExpiring
@@ -116,6 +123,50 @@ def probe_kernel() -> tuple[bool, str]:
     return True, f"{why}; {iwhy}"
 
 
+MSS_COMMENT = "cgwd-mss"
+
+
+def mss_rule_args(ifname: str, mss: int) -> list[list[str]]:
+    """``iptables -t mangle -A|-D`` arguments of the two TCPMSS rules for ``ifname``
+    (SYNs forwarded out of and in from the tunnel interface)."""
+    return [["FORWARD", d, ifname, "-p", "tcp", "--tcp-flags", "SYN,RST", "SYN", "-m", "comment",
+             "--comment", f"{MSS_COMMENT} {ifname}", "-j", "TCPMSS", "--set-mss", str(mss)]
+            for d in ("-o", "-i")]
+
+
+def stale_mss_rules(save_output: str, ifname: str) -> list[list[str]]:
+    """The rules for ``ifname`` in ``iptables-save -t mangle`` output, as ``-D`` arguments
+    (whatever MSS they set: the configuration may have changed since)."""
+    out = []
+    for line in save_output.splitlines():
+        if not line.startswith("-A FORWARD "):
+            continue
+        try:
+            args = shlex.split(line)
+        except ValueError:
+            continue
+        if "--comment" in args and args[args.index("--comment") + 1:][:1] == [f"{MSS_COMMENT} {ifname}"]:
+            out.append(args[1:])
+    return out
+
+
+async def _run(*cmd: str) -> tuple[int, str]:
+    """(exit status, output) of a short command; 127 when it is not installed."""
+    try:
+        proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+    except OSError as exc:
+        return 127, str(exc)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 15)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 124, "timed out"
+    return proc.returncode, out.decode(errors="replace").strip()
+
+
 class KernelDatapath(Datapath):
     kind = "kernel"
 
@@ -130,6 +181,8 @@ class KernelDatapath(Datapath):
         self._drops: dict[str, int] = {}
         self._policies_for: tuple[str, str] | None = None
         self._link_created = False
+        self.mss_clamp = "off: mss = 0 in the configuration" if not self.mss else "not installed yet"
+        self._mss_installed = False
 
     # -------------------------------------------------------------- helpers
     def _ids(self) -> dict:
@@ -150,6 +203,9 @@ class KernelDatapath(Datapath):
         self._xs = XfrmSocket()
         self._cleanup_stale()
         await self._create_link()
+        await self._remove_mss_clamp(stale=True)
+        if self.mss:
+            await self._install_mss_clamp()
         try:
             self._events = XfrmSocket(groups=xfrm.XFRMGRP_EXPIRE)
             self._events.sock.setblocking(False)
@@ -188,6 +244,38 @@ class KernelDatapath(Datapath):
         finally:
             ipr.close()
 
+    async def _install_mss_clamp(self) -> None:
+        done = []
+        for args in mss_rule_args(self.ifname, self.mss):
+            rc, out = await _run("iptables", "-w", "5", "-t", "mangle", "-A", *args)
+            if rc != 0:
+                for a in done:
+                    await _run("iptables", "-w", "5", "-t", "mangle", "-D", *a)
+                why = "iptables is not installed" if rc == 127 else f"iptables failed: {out[-200:]}"
+                self.mss_clamp = f"off: {why} (TCP relies on path MTU discovery)"
+                log.warning("%s: TCP MSS clamp to %d not installed: %s", self.name, self.mss, why)
+                return
+            done.append(args)
+        self._mss_installed = True
+        self.mss_clamp = f"{self.mss} (iptables mangle FORWARD TCPMSS on {self.ifname})"
+
+    async def _remove_mss_clamp(self, stale: bool = False) -> None:
+        """Our rules: the ones this object added, or (``stale``) whatever an earlier run left."""
+        if stale:
+            rc, out = await _run("iptables-save", "-t", "mangle")
+            if rc != 0:
+                return
+            rules = stale_mss_rules(out, self.ifname)
+            if rules:
+                log.info("%s: removing %d TCP MSS rules left by an earlier run", self.name, len(rules))
+        elif self._mss_installed:
+            rules = mss_rule_args(self.ifname, self.mss)
+        else:
+            return
+        for args in rules:
+            await _run("iptables", "-w", "5", "-t", "mangle", "-D", *args)
+        self._mss_installed = False
+
     def _cleanup_stale(self) -> None:
         """Remove states and policies with our tag left by an earlier run."""
         try:
@@ -205,6 +293,10 @@ class KernelDatapath(Datapath):
                 self._req(xfrm.delpolicy(direction=d, **ids), ignore=(errno.ENOENT, errno.ESRCH))
 
     async def close(self) -> None:
+        try:
+            await self._remove_mss_clamp()
+        except Exception:  # noqa: BLE001 - the rest of the teardown must still run
+            log.exception("%s: removing the TCP MSS rules failed", self.name)
         if self._events is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._events.fileno())
@@ -351,7 +443,8 @@ class KernelDatapath(Datapath):
                     st.update(packets_out=cout["packets"], bytes_out=cout["bytes"])
             sas.append(st)
         return {"kind": self.kind, "ifname": self.ifname, "inside": str(self.inside), "mtu": self.mtu,
-                "mode": self.mode, "tag": f"0x{self.tag:08x}", "sas": sas, "drops": dict(self._drops)}
+                "mode": self.mode, "tag": f"0x{self.tag:08x}", "mss_clamp": self.mss_clamp, "sas": sas,
+                "drops": dict(self._drops)}
 
 
 __all__ = ["KernelDatapath", "probe_kernel", "UDP_ENCAP", "UDP_ENCAP_ESPINUDP"]

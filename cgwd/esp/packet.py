@@ -55,6 +55,7 @@ _U64 = struct.Struct(">Q")
 PADDING = tuple(bytes(range(1, n + 1)) for n in range(256))
 
 _RANDOM_POOL_BLOCKS = 256
+_RANDOM_POOL_BYTES = 16 * _RANDOM_POOL_BLOCKS
 
 
 class EspDrop(Exception):
@@ -112,18 +113,10 @@ class EspEncoder:
             self._mac = crypto_hmac.HMAC(sa.integ_key, _HASHES[alg.integrity]())
             self._trailers = _TRAILERS_16
         self._pool = b""
-        self._pool_pos = 0
-
-    def _random_block(self) -> bytes:
-        pos = self._pool_pos
-        if pos >= len(self._pool):
-            self._pool = os.urandom(16 * _RANDOM_POOL_BLOCKS)
-            pos = 0
-        self._pool_pos = pos + 16
-        return self._pool[pos : pos + 16]
+        self._pool_pos = _RANDOM_POOL_BYTES  # empty: the first packet fills the pool
 
     def encrypt(self, payload: bytes, next_header: int = NEXT_HEADER_IPV4) -> bytes:
-        """Return the ESP packet (SPI .. ICV) carrying ``payload``.
+        """Return the ESP packet (SPI .. ICV) carrying ``payload`` (bytes-like).
 
         Raises :class:`SequenceExhaustedError` when the SA cannot send any more."""
         sa = self.sa
@@ -131,15 +124,21 @@ class EspEncoder:
         if seq > SEQ_HARD_LIMIT:
             raise SequenceExhaustedError
         sa.seq = seq
-        trailer = self._trailers[(len(payload) % self._block, next_header)]
+        n = len(payload)
+        trailer = self._trailers[(n % self._block, next_header)]
         hdr = _HDR.pack(sa.spi, seq)
         c = self._counters
         c.packets += 1
-        c.bytes += len(payload)
+        c.bytes += n
         if self._aead is not None:
             iv = _U64.pack(seq)
-            return hdr + iv + self._aead.encrypt(self._salt + iv, payload + trailer, hdr)
-        body = hdr + self._enc.update(self._random_block() + payload + trailer)
+            return b"".join((hdr, iv, self._aead.encrypt(self._salt + iv, b"".join((payload, trailer)), hdr)))
+        pos = self._pool_pos
+        if pos >= _RANDOM_POOL_BYTES:
+            self._pool = os.urandom(_RANDOM_POOL_BYTES)
+            pos = 0
+        self._pool_pos = pos + 16
+        body = hdr + self._enc.update(b"".join((self._pool[pos : pos + 16], payload, trailer)))
         mac = self._mac.copy()
         mac.update(body)
         return body + mac.finalize()[: self._icv]
@@ -188,12 +187,13 @@ class EspDecoder:
             raise self._drop("truncated")
         seq = _HDR.unpack_from(packet)[1]
         window = self._window
-        why = window.check(seq)
-        if why is not None:
-            if why == "seq_zero":
-                raise self._drop(why)
-            c.replay_drops += 1
-            raise EspDrop(why)
+        if seq <= window.top or not seq:  # in-order new packets skip the full check
+            why = window.check(seq)
+            if why is not None:
+                if why == "seq_zero":
+                    raise self._drop(why)
+                c.replay_drops += 1
+                raise EspDrop(why)
         icv = self._icv
         if self._aead is not None:
             try:
@@ -204,6 +204,7 @@ class EspDecoder:
             if (n - 16 - icv) & 3:
                 # authenticated but not 4-byte aligned: sender bug
                 raise self._drop("bad_length")
+            start = 0
         else:
             if (n - 8 - icv) & 15:
                 raise self._drop("bad_length")
@@ -212,16 +213,18 @@ class EspDecoder:
             if not _const_eq(mac.finalize()[:icv], packet[n - icv :]):
                 c.auth_failures += 1
                 raise EspDrop("auth_failed")
-            pt = self._dec.update(packet[8 : n - icv])[16:]
+            # the persistent decryptor's first output block is garbage (see module doc)
+            pt = self._dec.update(packet[8 : n - icv])
+            start = 16
         # Authenticated from here on.
         padlen = pt[-2]
         end = len(pt) - 2 - padlen
-        if end < 0 or pt[end:-2] != PADDING[padlen]:
+        if end < start or pt[end:-2] != PADDING[padlen]:
             raise self._drop("bad_padding")
         window.update(seq)
         c.packets += 1
-        c.bytes += end
-        return pt[-1], pt[:end]
+        c.bytes += end - start
+        return pt[-1], pt[start:end]
 
 
 def esp_spi(packet: bytes) -> int:

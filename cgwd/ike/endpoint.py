@@ -27,6 +27,11 @@ SOL_UDP = 17
 UDP_ENCAP = 100
 UDP_ENCAP_ESPINUDP = 2
 SO_RCVBUFFORCE = 33  # Linux; Python's socket module does not name it
+# New IKE exchanges (main mode message 1: responder cookie zero) accepted per peer: a token
+# bucket, so that a flood of initiations (spoofed or not) costs a few DH computations a
+# second at most; the engine's half-open limit bounds the state they create.
+INIT_RATE = 5.0     # per second, sustained
+INIT_BURST = 10
 
 
 class IkeEndpoint:
@@ -43,6 +48,7 @@ class IkeEndpoint:
         self._natt_sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kernel_encap = False
+        self._init_tokens: dict[str, tuple[float, float]] = {}  # peer address -> (tokens, at)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,6 +214,14 @@ class IkeEndpoint:
             except Exception:  # noqa: BLE001
                 log.exception("dispatch failed")
 
+    def _init_allowed(self, addr: str) -> bool:
+        now = self.now()
+        tokens, at = self._init_tokens.get(addr, (float(INIT_BURST), now))
+        tokens = min(float(INIT_BURST), tokens + (now - at) * INIT_RATE)
+        ok = tokens >= 1.0
+        self._init_tokens[addr] = (tokens - 1.0 if ok else tokens, now)
+        return ok
+
     def _dispatch(self, data: bytes, remote: tuple[str, int], natt: bool) -> None:
         if natt:
             if data == b"\xff":
@@ -227,6 +241,9 @@ class IkeEndpoint:
         if peer is None:
             self._count("drop_unknown_peer")
             log.debug("IKE datagram from unknown peer %s", remote)
+            return
+        if len(data) >= 28 and data[8:16] == bytes(8) and not self._init_allowed(remote[0]):
+            self._count("drop_init_rate_limit")
             return
         peer.receive_datagram(data, remote, NATT_PORT if natt else IKE_PORT, self.now())
         self.service(peer)

@@ -35,9 +35,12 @@ class Phase1Down:
 class IpsecSaUp:
     """A new IPsec SA pair is ready. ``pair.replaces_spi_in`` names the pair it replaces
     (make-before-break: switch outbound traffic to the new pair; the old pair's
-    IpsecSaDown follows a few seconds later)."""
+    IpsecSaDown follows a few seconds later). ``initiator``: we started the quick mode, so
+    the peer installs the pair only when our last quick-mode message reaches it (a data
+    path may keep sending on the older pair for a moment)."""
 
     pair: IpsecSaPair
+    initiator: bool = False
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,6 @@ RESTART_BACKOFF_MIN = 5.0
 RESTART_BACKOFF_MAX = 300.0
 QM_RETRY_DELAY = 10.0
 RX_CACHE = 32
-COLLISION_WINDOW = 10.0  # pairs established this close together collided
 
 
 class _Drop(Exception):
@@ -373,6 +372,9 @@ class _QuickMode:
         self.id_ci: tuple[int, bytes] | None = None
         self.id_cr: tuple[int, bytes] | None = None
         self.connected_deadline: float | None = None
+        # when we sent the message on which the peer installs the pair (QM3 as initiator,
+        # QM2 as responder): the peer's order of installation in a rekey collision
+        self.peer_install_at = 0.0
 
 
 @dataclass
@@ -384,6 +386,9 @@ class _Child:
     state: str = "installed"  # installed | rekeyed
     delete_at: float | None = None
     rekeying: bool = False
+    initiator: bool = True  # negotiated by a quick mode we started
+    peer_install_at: float = 0.0  # see _QuickMode.peer_install_at
+    lingering: bool = False  # lost a rekey collision: kept (not deleted) until replaced or expired
 
 
 # --------------------------------------------------------------------------- the peer
@@ -422,6 +427,8 @@ class IkePeer:
         self._phase1_was_up = False
         # RFC 2408 4.8 commit bit: set it on our quick-mode responses (then send CONNECTED)
         self.commit_bit = False
+        # Which PFS group our quick modes lead with (index into _pfs_groups()): see _esp_offer
+        self._pfs_index = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -823,9 +830,10 @@ class IkePeer:
         elif sa.natt == "draft":
             reply.append(VendorIdPayload(data=sa.natt_vid))
         sa.state = "MM_R2"
+        if self._current_sa() is None:  # unauthenticated: must not redirect an established tunnel
+            self.local_port = local_port
+            self.remote_port = remote[1]
         self._sas.append(sa)
-        self.local_port = local_port
-        self.remote_port = remote[1]
         self._send(encode_message(Header(sa.icookie, sa.rcookie, 0, C.EXCH_MAIN, 0, 0), reply))
         log.info("%s: responding to main mode (%s)", self.name, algs.name)
 
@@ -1116,7 +1124,7 @@ class IkePeer:
         qm.replaces = replaces
         qm.spi_in = self._new_spi()
         qm.ni = self._rand(NONCE_LEN)
-        qm.offered = list(self.config.esp_algs)
+        qm.offered = self._esp_offer()
         group = qm.offered[0].group
         mode = self._encap_mode()
         spi = qm.spi_in.to_bytes(4, "big")
@@ -1140,6 +1148,32 @@ class IkePeer:
         self._send_pending(qm, msg, now)
         log.info("%s: initiating quick mode mid=%08x (%s)%s", self.name, qm.mid,
                  ", ".join(a.name for a in qm.offered), " rekey" if replaces else "")
+
+    def _pfs_groups(self) -> list[int | None]:
+        """The distinct PFS groups of the configured ESP proposals, in configuration order
+        (None: a proposal without PFS)."""
+        out: list[int | None] = []
+        for a in self.config.esp_algs:
+            if a.group not in out:
+                out.append(a.group)
+        return out
+
+    def _esp_offer(self) -> list[EspAlgs]:
+        """Every configured ESP proposal, those of the leading PFS group first.
+
+        A quick mode carries at most one KE payload (RFC 2409 5.5), so when the proposals
+        name different PFS groups the KE is computed for the group of the first proposal
+        (as strongSwan does) and the responder has to pick a proposal with that group. The
+        leading group starts as the first proposal's; after a quick mode fails (rejected or
+        unanswered) the next group leads, and the group of the last successful quick mode
+        stays in front for the rekeys that follow.
+        """
+        algs = list(self.config.esp_algs)
+        groups = self._pfs_groups()
+        if len(groups) < 2:
+            return algs
+        lead = groups[self._pfs_index % len(groups)]
+        return [a for a in algs if a.group == lead] + [a for a in algs if a.group != lead]
 
     def _quick_mode(self, sa: _IsakmpSa, hdr: Header, data: bytes, remote, local_port: int, now: float) -> None:
         if not sa.established:
@@ -1168,6 +1202,29 @@ class IkePeer:
                 return
         self._count("connected_unexpected")
 
+    @staticmethod
+    def _ke_group(sap: SaPayload, ke: bytes | None) -> int | None:
+        """The PFS group the initiator's KE payload belongs to (IKEv1 does not say).
+
+        Initiators compute the KE for the group of their first proposal that has one
+        (strongSwan, cgwd): the first offered group whose public value has the KE's length.
+        Groups of equal length (modp2048 / modp2048s224 / modp2048s256) are told apart by
+        that order, not guessed from the length alone.
+        """
+        if ke is None:
+            return None
+        for prop in sap.proposals:
+            if prop.protocol != C.PROTO_IPSEC_ESP:
+                continue
+            for t in prop.transforms:
+                for attr in t.attributes:
+                    if attr.type == C.P2_GROUP:
+                        g = attr.value
+                        if g in crypto.SUPPORTED_GROUPS and crypto.ke_length(g) == len(ke):
+                            return g
+                        break
+        return None
+
     def _qm_i2(self, sa: _IsakmpSa, qm: _QuickMode, hdr: Header, data: bytes, remote, local_port: int, now: float) -> None:
         payloads, last = self._decrypt(sa, hdr, data, qm.iv)
         rest = self._check_hash(sa, qm.mid, payloads, qm.ni)
@@ -1187,6 +1244,10 @@ class IkePeer:
         if choice.algs.group:
             ke = [p for p in rest if isinstance(p, KePayload)]
             if len(ke) != 1 or qm.dh is None or qm.dh.group != choice.algs.group:
+                # not answerable with this exchange's KE: give up on it now (the next
+                # attempt leads with another PFS group) instead of retransmitting in vain
+                ours = C.GROUP_NAMES.get(qm.dh.group, "?") if qm.dh else "none"
+                self._qm_failed(sa, qm, now, f"quick mode: responder chose {choice.algs.name} but our KE was for {ours}")
                 raise _Drop("bad_qm2", "PFS key exchange missing")
             qm.gxy = qm.dh.shared_secret(ke[0].data)
         qm.dh = None
@@ -1196,9 +1257,13 @@ class IkePeer:
                 self._responder_lifetime(choice, n)
         qm.choice = choice
         qm.spi_out = int.from_bytes(prop.spi, "big")
+        groups = self._pfs_groups()
+        if choice.algs.group in groups:
+            self._pfs_index = groups.index(choice.algs.group)
         h3 = crypto.prf(sa.algs.hash, sa.keys.skeyid_a, b"\x00", qm.mid.to_bytes(4, "big"), qm.ni, qm.nr)
         msg, _ = self._encrypt(sa, C.EXCH_QUICK, qm.mid, [HashPayload(data=h3)], last)
         self._send(msg)
+        qm.peer_install_at = now
         qm.pending = None
         if hdr.flags & C.FLAG_COMMIT:
             # the responder committed: use the SA only after its CONNECTED notify
@@ -1250,14 +1315,15 @@ class IkePeer:
         qm = _QuickMode(hdr.message_id, False, now)
         qm.ni = nonce[0].data
         qm.commit = bool(hdr.flags & C.FLAG_COMMIT) or self.commit_bit
+        ke_group = self._ke_group(sap[0], ke[0].data if ke else None)
         chosen = None
         for prop in sap[0].proposals:
             if prop.protocol != C.PROTO_IPSEC_ESP or len(prop.spi) != 4:
                 continue
             for t in prop.transforms:
                 ch = _esp_algs_from_transform(t)
-                # one KE per quick mode: a PFS group must match the KE the initiator sent
-                if ch and ch.algs.group and (len(ke) != 1 or len(ke[0].data) != crypto.ke_length(ch.algs.group)):
+                # one KE per quick mode: a PFS group must be the one the initiator's KE is for
+                if ch and ch.algs.group and ch.algs.group != ke_group:
                     continue
                 if ch and ch.algs in self.config.esp_algs:
                     chosen = (prop, t, ch)
@@ -1310,6 +1376,7 @@ class IkePeer:
         msg, last2 = self._encrypt(sa, C.EXCH_QUICK, qm.mid, self._hash_payloads(sa, qm.mid, out, qm.ni), last, flags)
         qm.iv = last2
         qm.state = "QM_R2"
+        qm.peer_install_at = now
         sa.qm[qm.mid] = qm
         self._send(msg)
 
@@ -1344,13 +1411,18 @@ class IkePeer:
                 local_ts, remote_ts = (nci, ncr) if qm.initiator else (ncr, nci)
         udp = ch.encap_mode in (C.ENCAP_UDP_TUNNEL_RFC, C.ENCAP_UDP_TUNNEL_DRAFT)
         others = [c for c in self._children if c.state == "installed"]
-        older = [c for c in others if c.established_at < now - COLLISION_WINDOW]
+        # A rekey collision is two quick modes that crossed: one of ours and one of the
+        # peer's, each begun before the other was complete here (IKEv1 does not say which
+        # SA a quick mode replaces). Rekeys one after the other, however close together,
+        # are not: the newer pair replaces the older ones, as the peer sees it too
+        # (strongSwan rekeys its newest CHILD_SA and retires the one it replaced).
+        siblings = [c for c in others if c.initiator != qm.initiator and qm.created_at <= c.established_at]
         pred = None
         if qm.replaces is not None:
             pred = next((c for c in self._children if c.pair.spi_in == qm.replaces), None)
-            if pred is not None and pred in others and pred not in older:
-                older.append(pred)
-        siblings = [c for c in others if c not in older]
+            if pred is not None and pred in siblings:
+                siblings.remove(pred)
+        older = [c for c in others if c not in siblings]
         if pred is None and older:
             pred = max(older, key=lambda c: c.established_at)
         if pred is None and siblings:
@@ -1376,26 +1448,44 @@ class IkePeer:
             pfs_group=algs.group,
             replaces_spi_in=pred.pair.spi_in if pred else None,
         )
-        child = _Child(pair, now, now + ch.lifetime, self._lifetime_rekey(now, ch.lifetime))
+        child = _Child(pair, now, now + ch.lifetime, self._lifetime_rekey(now, ch.lifetime), initiator=qm.initiator,
+                       peer_install_at=qm.peer_install_at)
         self._children.append(child)
         log.info("%s: IPsec SA established: %s (%s)", self.name, pair.describe(), "initiator" if qm.initiator else "responder")
-        self._emit(IpsecSaUp(pair))
+        self._emit(IpsecSaUp(pair, initiator=qm.initiator))
         if pred is not None:
             self._count("rekeys_ipsec")
-        # Everything older than the new pair is replaced by it. Pairs negotiated at about
-        # the same time (both ends rekeyed at once) are all kept for now; the one with the
-        # highest min(SPI) survives on both ends and the other is deleted after a delay.
+        # Everything older than the new pair is replaced by it (and deleted after a delay).
         for c in older + ([pred] if pred is not None and pred not in older and pred not in siblings else []):
             self._retire(c, now)
         if siblings:
+            # A collision. The pair the peer installed last is the one it sends on (strongSwan
+            # marks the other rekeyed): that one carries our traffic too. The other one is not
+            # deleted: the peer may see the collision the other way round and still use it
+            # (a DELETE from each end would leave none). It stays until the next rekey
+            # replaces it or it expires.
             contenders = siblings + [child]
-            winner = max(contenders, key=lambda c: min(c.pair.spi_in, c.pair.spi_out))
+            winner = max(contenders, key=lambda c: (c.peer_install_at, min(c.pair.spi_in, c.pair.spi_out)))
             for c in contenders:
-                if c is not winner:
-                    if c.state == "installed":
-                        self._count("rekey_collisions")
-                        log.info("%s: rekey collision: retiring redundant %s", self.name, c.pair.describe())
-                    self._retire(c, now)
+                if c is not winner and c.state == "installed":
+                    self._count("rekey_collisions")
+                    log.info("%s: rekey collision: %s kept until replaced, %s carries traffic", self.name,
+                             c.pair.describe(), winner.pair.describe())
+                    c.state = "rekeyed"
+                    c.rekeying = False
+                    c.lingering = True
+        else:
+            for c in self._children:
+                if c.lingering and c is not child:
+                    c.lingering = False
+                    c.delete_at = now + DELETE_DELAY
+
+    def child_state(self, spi_in: int) -> str | None:
+        """"installed" (carries traffic), "rekeyed" (replaced, or lost a rekey collision) or None."""
+        for c in self._children:
+            if c.pair.spi_in == spi_in:
+                return c.state
+        return None
 
     def _retire(self, c: _Child, now: float) -> None:
         if c.state == "installed":
@@ -1618,6 +1708,13 @@ class IkePeer:
         self._mark_done(sa, qm.mid)
         self._error(reason)
         self._count("phase2_failures")
+        if qm.initiator and len(self._pfs_groups()) > 1 and qm.offered:
+            # let the next attempt lead with the next PFS group (its KE) in case the peer
+            # accepts only that one
+            groups = self._pfs_groups()
+            self._pfs_index = (groups.index(qm.offered[0].group) + 1) % len(groups)
+            log.info("%s: next quick mode leads with PFS group %s", self.name,
+                     C.GROUP_NAMES.get(groups[self._pfs_index], "none") if groups[self._pfs_index] else "none")
         if qm.replaces is not None:
             for c in self._children:
                 if c.pair.spi_in == qm.replaces:

@@ -40,6 +40,7 @@ class Child:
     dpd_action: str = "clear"
     start_action: str = "none"
     replay_window: int = 1024
+    if_id: int | None = None  # kernel IPsec only: bind the SAs/policies to an xfrm interface
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Connection:
         kids = []
         for c in self.children:
             life = f"\n        life_time = {c.life_time}" if c.life_time else ""
+            if c.if_id is not None:
+                life += f"\n        if_id_in = {c.if_id}\n        if_id_out = {c.if_id}"
             kids.append(f"""      {c.name} {{
         local_ts = {c.local_ts}
         remote_ts = {c.remote_ts}
@@ -100,8 +103,12 @@ class Connection:
 class Charon:
     """One charon daemon inside one namespace, configured through its own vici socket."""
 
-    def __init__(self, ns: Netns, workdir: str, *, log_level: int = 1):
+    def __init__(self, ns: Netns, workdir: str, *, log_level: int = 1, kernel_ipsec: bool = False):
+        """``kernel_ipsec``: use the kernel's XFRM (kernel-netlink) instead of kernel-libipsec;
+        only where the kernel has ESP (the QEMU guest). No ``ipsec0`` TUN is created then:
+        the caller makes an xfrm interface and sets ``if_id`` on the children."""
         self.ns = ns
+        self.kernel_ipsec = kernel_ipsec
         self.dir = workdir
         self.log_level = log_level
         self.proc = None
@@ -127,7 +134,7 @@ charon {{
   plugins {{
     include /etc/strongswan.d/charon/*.conf
     kernel-libipsec {{
-      load = yes
+      load = {"no" if self.kernel_ipsec else "yes"}
     }}
     vici {{
       load = yes
@@ -184,6 +191,8 @@ charon {{
 
     def start(self) -> None:
         self.write_strongswan_conf()
+        if os.path.exists(self.vici):  # left by an earlier charon in this workdir: wait for the new one
+            os.unlink(self.vici)
         inner = (f"mount -t tmpfs tmpfs /run && exec env STRONGSWAN_CONF={shlex.quote(self.conf)} "
                  f"{CHARON}")
         self.proc = self.ns.popen(["unshare", "-m", "sh", "-c", inner],
@@ -191,6 +200,9 @@ charon {{
         wait_for(lambda: os.path.exists(self.vici) or self._died(), 20, what=f"charon vici socket in {self.ns.name}")
         if self.proc.poll() is not None:
             raise LabError(f"charon in {self.ns.name} exited: see {self.log}")
+        if self.kernel_ipsec:
+            self.ns.ip("rule del table 220", check=False)  # routing is done by BGP
+            return
         # libipsec creates its TUN device when the plugin loads.
         wait_for(lambda: "ipsec0" in self.ns.ip("-o link show", check=False).stdout, 10,
                  what=f"ipsec0 in {self.ns.name}")

@@ -83,6 +83,11 @@ class LabSpec:
     vpn_id: str = "vpn-0a1b2c3d4e5f60718"
     charon_log_level: int = 1
     workdir: str | None = None
+    # Where the kernel has ESP (the QEMU guest): the AWS charons use the kernel's XFRM
+    # (kernel-netlink) with an xfrm interface ``ipsec0`` (if_id 100 + n) instead of libipsec,
+    # and ``aws_encap = False`` lets them speak plain ESP when there is no NAT.
+    aws_kernel_ipsec: bool = False
+    aws_encap: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.tunnels <= 4:
@@ -144,6 +149,7 @@ class Lab:
         self.vpc_bird: Bird | None = None
         self.ref_charon: Charon | None = None
         self.ref_bird: Bird | None = None
+        self._ref_kernel = False
         self.procs: list = []
 
     # ----------------------------------------------------------------- addresses
@@ -210,15 +216,19 @@ class Lab:
         for t in self.tunnels:
             a = t.spec
             d = os.path.join(self.workdir, f"aws{t.index}")
-            t.charon = Charon(t.ns, d, log_level=s.charon_log_level)
+            if_id = None
+            if s.aws_kernel_ipsec:
+                if_id = 100 + t.index
+                t.ns.ip(f"link add ipsec0 type xfrm if_id {if_id}")
+            t.charon = Charon(t.ns, d, log_level=s.charon_log_level, kernel_ipsec=s.aws_kernel_ipsec)
             t.charon.connections = [Connection(
                 name="aws", local_addr=t.aws_outside, remote_addr="%any",
                 local_id=t.aws_outside, remote_id=s.cgw_public, psk=t.psk,
                 proposals=a.ike_proposals, dpd_delay=a.dpd_delay, dpd_timeout=a.dpd_timeout,
-                reauth_time=f"{a.ike_lifetime}s",
+                reauth_time=f"{a.ike_lifetime}s", encap=s.aws_encap or not s.aws_kernel_ipsec,
                 children=[Child(name="vti", esp_proposals=a.esp_proposals, rekey_time=a.esp_rekey_time,
                                 life_time=a.esp_life_time, dpd_action=a.dpd_action,
-                                start_action=a.start_action)])]
+                                start_action=a.start_action, if_id=if_id)])]
             if a.start_action != "none":
                 t.charon.connections[0].remote_addr = s.cgw_public
             t.charon.start()
@@ -299,7 +309,7 @@ class Lab:
                  what=f"a ping from {self.spec.onprem_host} to {self.spec.vpc_host}")
 
     # ----------------------------------------------------------------- reference stack
-    def start_reference(self) -> None:
+    def start_reference(self, *, kernel_ipsec: bool = False) -> None:
         """strongSwan + BIRD on the customer side, as people glue them by hand.
 
         libipsec has one TUN for every SA and chooses the outbound SA by selector alone, so
@@ -309,18 +319,22 @@ class Lab:
         """
         s = self.spec
         d = os.path.join(self.workdir, "reference")
-        self.ref_charon = Charon(self.cgw, d, log_level=s.charon_log_level)
+        self._ref_kernel = kernel_ipsec  # the kernel's XFRM (QEMU guest) instead of libipsec
+        if kernel_ipsec:
+            self.cgw.ip("link add ipsec0 type xfrm if_id 100")
+        self.ref_charon = Charon(self.cgw, d, log_level=s.charon_log_level, kernel_ipsec=kernel_ipsec)
         for t in self.tunnels:
             a = t.spec
             child = Child(name=f"tun{t.index}", esp_proposals=a.esp_proposals, rekey_time=a.esp_rekey_time,
-                          dpd_action="restart", start_action="start")
+                          dpd_action="restart", start_action="start", if_id=100 if kernel_ipsec else None)
             if t.index > 1:
                 child.local_ts = f"{t.cgw_inside}/32"
                 child.remote_ts = f"{t.aws_inside}/32"
             self.ref_charon.connections.append(Connection(
                 name=f"tun{t.index}", local_addr=self.cgw_outside, remote_addr=t.aws_outside,
                 local_id=s.cgw_public, remote_id=t.aws_outside, psk=t.psk, proposals=a.ike_proposals,
-                dpd_delay=a.dpd_delay, dpd_timeout=a.dpd_timeout, children=[child]))
+                dpd_delay=a.dpd_delay, dpd_timeout=a.dpd_timeout, children=[child],
+                encap=s.aws_encap or not kernel_ipsec))
         self.ref_charon.start()
         for t in self.tunnels:
             self.cgw.ip(f"addr add {t.cgw_inside}/{t.inside.prefixlen} dev ipsec0")
@@ -339,6 +353,9 @@ class Lab:
             if p:
                 p.stop()
         self.ref_bird = self.ref_charon = None
+        if self._ref_kernel:
+            self.cgw.ip("link del ipsec0", check=False)  # libipsec's TUN goes with charon, this does not
+            self._ref_kernel = False
 
     # ----------------------------------------------------------------- teardown
     def down(self) -> None:

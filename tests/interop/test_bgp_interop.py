@@ -143,13 +143,57 @@ def test_gobgp_four_octet_asn():
         wait_for(lambda: "10.200.0.0/16" in routes_via(lab), 15, what="GoBGP route installed")
         st = lab.status()
         assert st["sessions"]["tun1"]["peer_asn"] == 4200000000
+        assert st["sessions"]["tun1"]["capabilities"]["four_octet_as"]
         assert st["routes"][0]["as_path"] == [4200000000]
+        # GoBGP's view: the 4-octet AS capability was exchanged both ways (RFC 6793)
+        nb = lab.gobgp(0, "neighbor", "169.254.10.2").stdout
+        assert re.search(r"4-octet-as:\s+advertised and received", nb), nb
+        assert "4200000001" in nb
         out = wait_for(lambda: (lambda o: o if "192.168.50.0/24" in o else "")(
             lab.gobgp(0, "neighbor", "169.254.10.2", "adj-in").stdout), 15,
             what="GoBGP learned our prefix")
         assert "4200000001" in out
         lab.stop_cgwd()
         assert lab.kernel_routes().strip() == ""
+
+
+need_frr = pytest.mark.skipif(not os.path.exists("/usr/lib/frr/bgpd") or not shutil.which("vtysh"),
+                              reason="frr not installed (not in install-deps.sh: Debian's frr maps "
+                                     "protocol 196, cgwd's route protocol, to 'static' in rt_protos.d)")
+
+
+@need_frr
+def test_frr_four_octet_asn_both_ways():
+    """FRR 8.4 (bgpd alone, its RFC 8212 policy satisfied by a route-map) with 4-octet ASNs
+    on both sides; FRR also sends capabilities cgwd does not know (ignored)."""
+    import json
+    with Lab("frr", n_links=1) as lab:
+        lab.start_frr(0, local_as=4200000002, remote_as=4200000001, routes=("10.201.0.0/16",))
+        lab.start_cgwd(local_asn=4200000001, remote_asns={0: 4200000002})
+        wait_for(lambda: established(lab), 40, what="session with FRR Established")
+        wait_for(lambda: "10.201.0.0/16" in routes_via(lab), 15, what="FRR's route installed")
+        st = wait_for(lambda: (lambda st: st if st.get("routes") else None)(lab.status()), 10,
+                      what="status lists the route")
+        s = st["sessions"]["tun1"]
+        assert s["peer_asn"] == 4200000002 and s["capabilities"]["four_octet_as"]
+        assert s["capabilities"]["unknown"], s["capabilities"]     # e.g. FQDN (73): ignored
+        assert [r["as_path"] for r in st["routes"] if r["prefix"] == "10.201.0.0/16"] == [[4200000002]]
+        # FRR's view: our 4-octet AS in the AS_PATH of the prefix it learned from us
+        def frr_route():
+            try:
+                out = json.loads(lab.vtysh(0, "show bgp ipv4 unicast 192.168.50.0/24 json") or "{}")
+            except ValueError:
+                return None
+            return out if out.get("paths") else None
+        r = wait_for(frr_route, 15, what="FRR learned our prefix")
+        assert r["paths"][0]["aspath"]["string"] == "4200000001", r["paths"][0]["aspath"]
+        nb = json.loads(lab.vtysh(0, "show bgp neighbors 169.254.10.2 json"))["169.254.10.2"]
+        assert nb["bgpState"] == "Established"
+        caps = nb["neighborCapabilities"]
+        assert caps["4byteAs"] == "advertisedAndReceived", caps
+        lab.stop_cgwd()
+        assert lab.kernel_routes().strip() == ""
+        wait_for(lambda: not frr_route(), 10, what="FRR dropped our prefix")
 
 
 @need_bird

@@ -203,6 +203,53 @@ protocol bgp cgw {{
         host, port = l["gobgp_api"].split(":")
         return nsexec(l["peer_ns"], "gobgp", "-u", host, "-p", port, *cmd, check=False)
 
+    def start_frr(self, i: int, *, local_as, remote_as=65000, routes=(), hold=30, keepalive=10):
+        """FRR's bgpd (Debian's frr) alone in the peer namespace: no zebra (-Z), its own
+        vty socket directory, pid file and config in the test's temp dir."""
+        l = self.links[i]
+        d = os.path.join(self.tmp, f"frr{i}")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o777)
+        nets = "".join(f"  network {r}\n" for r in routes)
+        conf = f"""frr defaults traditional
+hostname aws{i + 1}
+log file {d}/bgpd.log debugging
+route-map ALLOW permit 10
+!
+router bgp {local_as}
+ bgp router-id {l['remote']}
+ no bgp network import-check
+ neighbor {l['local']} remote-as {remote_as}
+ neighbor {l['local']} timers {keepalive} {hold}
+ neighbor {l['local']} timers connect 2
+ neighbor {l['local']} update-source {l['remote']}
+ address-family ipv4 unicast
+{nets}  neighbor {l['local']} activate
+  neighbor {l['local']} route-map ALLOW in
+  neighbor {l['local']} route-map ALLOW out
+ exit-address-family
+!
+"""
+        cf = os.path.join(d, "bgpd.conf")
+        with open(cf, "w") as f:
+            f.write(conf)
+        p = subprocess.Popen(["ip", "netns", "exec", l["peer_ns"], "/usr/lib/frr/bgpd", "-Z", "-S",
+                              "-f", cf, "--vty_socket", d, "-i", os.path.join(d, "bgpd.pid"),
+                              "-l", l["remote"], "-u", "root", "-g", "root"],
+                             stdout=open(os.path.join(d, "bgpd.out"), "w"), stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        l["frr_dir"] = d
+        l["frr_proc"] = p
+        wait_for(lambda: os.path.exists(os.path.join(d, "bgpd.vty")) or p.poll() is not None, 15,
+                 what="bgpd vty socket")
+        assert p.poll() is None, open(os.path.join(d, "bgpd.out")).read()[-2000:]
+        return p
+
+    def vtysh(self, i: int, cmd: str) -> str:
+        l = self.links[i]
+        return nsexec(l["peer_ns"], "vtysh", "--vty_socket", l["frr_dir"], "-d", "bgpd", "-c", cmd,
+                      check=False).stdout
+
     # ------------------------------------------------------------ cgwd side
     def start_cgwd(self, *, local_asn=65000, remote_asns=None, export=("192.168.50.0/24",),
                    hold=30, max_prefix=1000, ecmp=False, links=None, extra=None):

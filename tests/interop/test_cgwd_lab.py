@@ -134,10 +134,19 @@ def test_failover_when_an_endpoint_dies_silently(lab_factory):
     gap = time.monotonic() - t0
     print(f"failover: route moved after {moved:.1f}s (DPD), traffic back after {gap:.1f}s")
     # The endpoint returns: cgwd keeps retrying and the tunnel comes back by itself.
+    time.sleep(10)  # several retry rounds while the endpoint is still gone
+    dead = next(t for t in cgwctl_status(lab, as_json=True)["tunnels"] if t["ifname"] == active)
+    assert dead["ike"]["state"] != "established" and dead["ipsec"]["state"] == "none"
+    t1 = time.monotonic()
     lab.wan.run(["iptables", "-F", "FORWARD"])
     wait_for(lambda: all(t["ipsec"]["state"] == "installed" and t["bgp"]["state"] == "established"
                          for t in cgwctl_status(lab, as_json=True).get("tunnels", [])), 90, interval=1,
              what="the dead tunnel to come back")
+    back = time.monotonic() - t1
+    wait_for(lambda: lab.ping(1, timeout=1), 30, interval=0.5, what="traffic after the endpoint returned")
+    print(f"failover: endpoint back -> tunnel + BGP up again after {back:.1f}s "
+          f"(IKE counters while it was gone: {dead['ike']['counters']})")
+    assert proc.poll() is None
 
 
 def _ctl(lab, *args):

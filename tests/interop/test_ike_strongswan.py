@@ -182,3 +182,53 @@ def test_dead_strongswan_is_detected_by_dpd(lab):
     lab.charon.wait(5)
     lab.wait_for(lambda: events(lab, "PeerDead"), 15, "PeerDead")
     assert events(lab, "IpsecSaDown")[0]["reason"] == "dpd"
+
+
+# ---------------------------------------------------------------- several ESP proposals, PFS groups
+
+
+def test_we_offer_several_pfs_groups_to_an_aws_default_endpoint(lab):
+    # The endpoint only has AWS's default (modp1024); we lead with GCM + modp2048 and send
+    # the KE for modp2048. strongSwan cannot pick a proposal of ours with that KE, refuses,
+    # and our next quick mode leads with modp1024 (its KE) and is accepted.
+    conn = SwanConn(esp_proposals="aes128-sha1-modp1024")
+    lab.start_charon(conn)
+    lab.start_runner(our_peer(conn, "aes128-sha1-modp1024", "aes128gcm16-modp2048",
+                              esp_proposals=["aes128gcm16-modp2048", "aes128-sha1-modp1024"]))
+    sas = wait_installed(lab, timeout=60)
+    child = [c for c in sas["children"] if c["state"] == "INSTALLED"][0]
+    assert child["algorithms"] == SWAN_ESP["aes128-sha1-modp1024"]
+    up = events(lab, "IpsecSaUp")[0]
+    assert up["pfs_group"] == 2 and up["spi_out"] in sas["child_spis_in"]
+    status = [e for e in lab.runner_events() if "status" in e][-1]["status"]
+    assert status["counters"].get("phase2_failures", 0) >= 1  # the first offer was refused
+
+
+def test_we_offer_several_pfs_groups_and_strongswan_takes_the_first(lab):
+    conn = SwanConn(esp_proposals="aes128gcm16-modp2048,aes128-sha1-modp1024")
+    lab.start_charon(conn)
+    lab.start_runner(our_peer(conn, "aes128-sha1-modp1024", "aes128gcm16-modp2048",
+                              esp_proposals=["aes128gcm16-modp2048", "aes128-sha1-modp1024"]))
+    sas = wait_installed(lab)
+    child = [c for c in sas["children"] if c["state"] == "INSTALLED"][0]
+    assert child["algorithms"] == SWAN_ESP["aes128gcm16-modp2048"]
+    lab.wait_for(lambda: events(lab, "IpsecSaUp"), 5, "IpsecSaUp event")
+    assert events(lab, "IpsecSaUp")[0]["pfs_group"] == 14
+
+
+def test_strongswan_offers_several_pfs_groups_to_us(lab):
+    # strongSwan sends the KE for modp1024 (its first proposal's group). We support its second
+    # proposal (GCM + modp2048) but not with that KE, and its third: we must pick the third.
+    conn = SwanConn(esp_proposals="aes256-sha256-modp1024,aes128gcm16-modp2048,aes128-sha1-modp1024")
+    lab.start_charon(conn)
+    lab.start_runner(our_peer(conn, "aes128-sha1-modp1024", "aes128-sha1-modp1024", initiator=False,
+                              esp_proposals=["aes128gcm16-modp2048", "aes128-sha1-modp1024"]), start=False)
+    time.sleep(1.0)
+    out = lab.swanctl("--initiate", "--child", "vpn", "--ike", "aws", "--timeout", "20")
+    assert "initiate completed successfully" in out, out
+    sas = wait_installed(lab)
+    child = [c for c in sas["children"] if c["state"] == "INSTALLED"][0]
+    assert child["algorithms"] == SWAN_ESP["aes128-sha1-modp1024"]
+    lab.wait_for(lambda: events(lab, "IpsecSaUp"), 5, "IpsecSaUp event")
+    up = events(lab, "IpsecSaUp")[0]
+    assert up["pfs_group"] == 2 and up["spi_out"] in sas["child_spis_in"]

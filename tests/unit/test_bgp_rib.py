@@ -85,6 +85,26 @@ def test_aws_default_import(prefix, ok):
         assert p.reason(prefix) != "accepted"
 
 
+def test_one_import_policy_for_config_and_bgp(tmp_path):
+    """config.py and the BGP layer share one ImportPolicy: the config's default import is
+    aws-default with the advertised prefixes as 'own', and agrees with the RIB on 0/0."""
+    import cgwd.config as config
+    from cgwd.bgp.routing import RoutingTable
+    assert config.ImportPolicy is ImportPolicy
+    pol = ImportPolicy("aws-default")
+    assert not pol.accepts("0.0.0.0/0")
+    assert ImportPolicy("none") == ImportPolicy("deny") and ImportPolicy("none").to_config() == "none"
+    lst = ImportPolicy.from_config(["10.0.0.0/8"], ["10.9.0.0/16"])
+    assert lst.mode == "prefix-list" and lst.to_config() == ["10.0.0.0/8"]
+    assert lst.accepts("10.1.0.0/16") and not lst.accepts("10.9.1.0/24") and not lst.accepts("0.0.0.0/0")
+    assert pol.with_own(["192.168.50.0/24"]) == ImportPolicy("aws-default", ("192.168.50.0/24",))
+    assert hash(pol.with_own(["192.168.50.0/24"])) == hash(ImportPolicy.aws_default(["192.168.50.0/24"]))
+    with pytest.raises(ValueError):
+        ImportPolicy("all")
+    # RFC 8212: no policy given to the BGP layer -> nothing imported
+    assert RoutingTable(import_policy=None).import_policy.mode == "deny"
+
+
 @pytest.mark.parametrize("action", ["warn", "drop", "reset"])
 def test_max_prefix(action):
     rb = rib(max_prefix=10, max_prefix_action=action)
@@ -342,5 +362,19 @@ def test_policy_ipv4_fast_path_matches_ipaddress(addr, plen, mode):
               deny=("10.1.0.0/16",) if mode == "any" else ())
     fast = ImportPolicy(mode, **kw)
     slow = ImportPolicy(mode, **kw)
-    slow._decide_v4 = lambda _p: None
+    object.__setattr__(slow, "_decide_v4", lambda _p: None)   # ImportPolicy is frozen
     assert fast._decide(p) == slow._decide(p)
+
+
+def test_config_export_limit_counts_the_default_route():
+    """At most 100 prefixes to a VGW, checked at config time; advertise_default is one more."""
+    from conftest import BASE
+    from cgwd.config import ConfigError, parse_config
+    many = ", ".join(f'"10.{i}.0.0/16"' for i in range(100))
+    text = BASE.replace('advertise = ["10.200.0.0/24"]', f"advertise = [{many}]")
+    assert len(parse_config(text).vpns[0].advertise) == 100
+    with pytest.raises(ConfigError, match="advertise_default.*101 prefixes"):
+        parse_config(text.replace("remote_asn = 64512", "remote_asn = 64512\nadvertise_default = true"))
+    many101 = ", ".join(f'"10.{i}.0.0/16"' for i in range(101))
+    with pytest.raises(ConfigError, match="101 prefixes, more than max_advertise = 100"):
+        parse_config(BASE.replace('advertise = ["10.200.0.0/24"]', f"advertise = [{many101}]"))

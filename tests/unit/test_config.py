@@ -118,7 +118,10 @@ def test_valid_defaults_and_inheritance(write_cfg):
     assert (t1.replay_window, t1.rekey_fuzz, t1.dpd_interval, t1.dpd_retries, t1.hold_time, t1.mtu, t1.mss) == (1024, 100, 10, 3, 30, 1436, 1379)
     assert t1.advertise == (IPv4Network("10.200.0.0/24"),) and t1.local_asn == 65000 and t1.remote_asn == 64512
     assert t1.gateway_type == "vgw" and t1.ecmp is False and t1.max_prefix == 1000 and t1.max_advertise == 100
-    assert t1.import_policy.permits("10.0.0.0/16") and not t1.import_policy.permits("169.254.0.0/24")
+    assert t1.import_policy.accepts("10.0.0.0/16") and not t1.import_policy.accepts("169.254.0.0/24")
+    # issue 5: the default import refuses the default route and our own (advertised) prefixes
+    assert not t1.import_policy.accepts("0.0.0.0/0") and not t1.import_policy.accepts("10.200.0.0/24")
+    assert not t1.import_policy.accepts("10.200.0.128/25")
     assert t1.datapath == "auto" and t1.enabled
     assert PSK1 not in repr(t1) and PSK1 not in str(cfg)
 
@@ -129,7 +132,8 @@ def test_tgw_defaults_and_behind_nat(write_cfg):
     t = load_config(write_cfg(text)).tunnels[0]
     assert t.ecmp is True and t.max_prefix == 5000 and t.max_advertise == 1000
     assert str(t.local_address) == "192.168.1.10" and t.local_id == "198.51.100.77"
-    assert t.import_policy.permits("10.1.0.0/16") and not t.import_policy.permits("172.16.0.0/12")
+    assert t.import_policy.accepts("10.1.0.0/16") and not t.import_policy.accepts("172.16.0.0/12")
+    assert t.import_policy.mode == "prefix-list" and not t.import_policy.accepts("0.0.0.0/0")
 
 
 def test_psk_file(tmp_path, write_cfg):
@@ -187,3 +191,22 @@ def test_example_config_is_valid(tmp_path):
         text = text.replace(f"/etc/cgwd/{n}.psk", str(tmp_path / f"{n}.psk"))
     cfg = parse_config(text)
     assert len(cfg.tunnels) == 2
+
+
+def test_example_config_is_valid_and_lists_every_key(tmp_path):
+    import re
+
+    from cgwd import config as cfgmod
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    text = open(os.path.join(root, "examples", "cgwd.toml")).read()
+    for n, psk in ((1, PSK1), (2, PSK2)):
+        f = tmp_path / f"tun{n}.psk"
+        f.write_text(psk + "\n")
+        os.chmod(f, 0o600)
+        text = text.replace(f"/etc/cgwd/tun{n}.psk", str(f))
+    cfg = parse_config(text, source="examples/cgwd.toml")
+    assert [t.name for t in cfg.tunnels] == ["tun1", "tun2"]
+    # every key the parser knows is shown (set or commented out) so operators can find it
+    shown = set(re.findall(r"^\s*#?\s*([a-z_]+)\s*=", text, re.M)) | set(re.findall(r"or: ([a-z_]+) =", text))
+    known = cfgmod._DAEMON_KEYS | cfgmod._VPN_ONLY_KEYS | cfgmod._TUNNEL_KEYS
+    assert sorted(known - shown - {"tunnel"}) == []

@@ -184,3 +184,65 @@ def test_probe_on_this_kernel_without_esp():
 
     ok, why = detect_kernel_support()
     assert not ok and "no ESP" in why
+
+
+def test_mss_rules_and_stale_parsing():
+    from cgwd.esp.kernel import mss_rule_args, stale_mss_rules
+
+    out_rule, in_rule = mss_rule_args("cgw-tun1", 1379)
+    assert out_rule[:3] == ["FORWARD", "-o", "cgw-tun1"] and in_rule[:3] == ["FORWARD", "-i", "cgw-tun1"]
+    assert out_rule[-4:] == ["-j", "TCPMSS", "--set-mss", "1379"]
+    save = """*mangle
+:FORWARD ACCEPT [0:0]
+-A FORWARD -o cgw-tun1 -p tcp -m tcp --tcp-flags SYN,RST SYN -m comment --comment "cgwd-mss cgw-tun1" -j TCPMSS --set-mss 1300
+-A FORWARD -i cgw-tun1 -p tcp -m tcp --tcp-flags SYN,RST SYN -m comment --comment "cgwd-mss cgw-tun1" -j TCPMSS --set-mss 1300
+-A FORWARD -o cgw-tun10 -p tcp -m comment --comment "cgwd-mss cgw-tun10" -j TCPMSS --set-mss 1300
+-A FORWARD -o eth0 -p tcp -m comment --comment "someone else's cgw-tun1" -j TCPMSS --set-mss 1200
+-A FORWARD -o eth0 -m comment --comment "unbalanced
+COMMIT
+"""
+    stale = stale_mss_rules(save, "cgw-tun1")
+    assert len(stale) == 2  # only ours, for this interface, whatever MSS they set
+    assert stale[0][:3] == ["FORWARD", "-o", "cgw-tun1"] and stale[0][-1] == "1300"
+    assert stale_mss_rules(save, "cgw-tun2") == []
+
+
+@needs_root
+def test_mss_clamp_install_and_remove_in_a_namespace():
+    """The iptables round trip on this kernel, in a namespace of its own: rules appear on open,
+    a leftover set (other MSS) is replaced, and close removes them."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables not installed")
+    ns = f"cgwmss{os.getpid() % 10000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        script = r"""
+import asyncio, ipaddress, subprocess
+from cgwd.esp.kernel import KernelDatapath, mss_rule_args
+def save():
+    return subprocess.run(["iptables-save", "-t", "mangle"], capture_output=True, text=True).stdout
+for a in mss_rule_args("cgw-mt1", 1300):  # left by a "crashed" run with another MSS
+    subprocess.run(["iptables", "-t", "mangle", "-A", *a], check=True)
+dp = KernelDatapath(name="t", ifname="cgw-mt1", inside=ipaddress.IPv4Interface("169.254.10.2/30"),
+                    mss=1379, send_udp=None, on_event=print, local_address="192.0.2.2")
+async def main():
+    await dp._remove_mss_clamp(stale=True)
+    await dp._install_mss_clamp()
+    print("UP", save().count("--set-mss 1379"), save().count("--set-mss 1300"), dp.mss_clamp)
+    await dp._remove_mss_clamp()
+    print("DOWN", save().count("cgwd-mss"))
+asyncio.run(main())
+"""
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        lines = dict(line.split(" ", 1) for line in p.stdout.splitlines())
+        up = lines["UP"].split(" ", 2)
+        assert up[0] == "2" and up[1] == "0" and up[2].startswith("1379"), p.stdout
+        assert lines["DOWN"] == "0", p.stdout
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns])

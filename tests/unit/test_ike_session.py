@@ -412,13 +412,21 @@ def test_rekey_collision_keeps_both_sides_consistent():
     net.pump()
     assert len(net.ev(net.a, IpsecSaUp)) == 3 and len(net.ev(net.b, IpsecSaUp)) == 3
     net.advance(net.now + 30)
-    sa_a = {(s["spi_in"], s["spi_out"]) for s in net.a.peer.status()["ipsec_sas"]}
-    sa_b = {(s["spi_out"], s["spi_in"]) for s in net.b.peer.status()["ipsec_sas"]}
-    assert sa_a == sa_b
-    assert len(sa_a) == 1  # the redundant pair was deleted (the same one on both ends)
+    sa_a = {(s["spi_in"], s["spi_out"]): s["state"] for s in net.a.peer.status()["ipsec_sas"]}
+    sa_b = {(s["spi_out"], s["spi_in"]): s["state"] for s in net.b.peer.status()["ipsec_sas"]}
+    # the old pair is gone; of the two new ones each end sends on one the other end has
+    assert set(sa_a) == set(sa_b) and len(sa_a) == 2
+    assert list(sa_a.values()).count("installed") == 1 and list(sa_b.values()).count("installed") == 1
     assert net.a.peer.counters.get("rekey_collisions", 0) + net.b.peer.counters.get("rekey_collisions", 0) >= 1
     downs_a = {d.spi_in for d in net.ev(net.a, IpsecSaDown)}
-    assert len(downs_a) == 2  # the old pair and the redundant new one
+    assert len(downs_a) == 1  # the old pair; the redundant new one stays until the next rekey
+    # the next rekey (no collision) replaces both: one pair left, the same on both ends
+    net.a.peer.rekey_ipsec(net.now)
+    net.advance(net.now + 30)
+    sa_a = {(s["spi_in"], s["spi_out"]) for s in net.a.peer.status()["ipsec_sas"]}
+    sa_b = {(s["spi_out"], s["spi_in"]) for s in net.b.peer.status()["ipsec_sas"]}
+    assert sa_a == sa_b and len(sa_a) == 1
+    assert len({d.spi_in for d in net.ev(net.a, IpsecSaDown)}) == 3
 
 
 def test_byte_lifetime_soft_and_hard():

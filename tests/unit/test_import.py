@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -146,3 +147,109 @@ def test_cli_import_errors(tmp_path):
     assert r.returncode == 1 and "No such file" in r.stderr
     r = run("import", "aws", str(bad))
     assert r.returncode == 2 and "-o FILE" in r.stderr
+
+
+# ------------------------------------------------ the lab's renderings of AWS's downloads
+
+from cgwd.lab import awsvendor  # noqa: E402
+from cgwd.lab.awsxml import XmlTunnel  # noqa: E402
+
+VENDOR_TUNNELS = [
+    XmlTunnel("203.0.113.2", "198.51.100.2", "169.254.10.0/30", 65000, 64512, "Kq7.Tx2_Vb9Lm4Np8Rs3Wz6Yc1Df5Gh0"),
+    XmlTunnel("203.0.113.2", "198.51.100.6", "169.254.20.0/30", 65000, 64512, "Ab3_dE6.gH9jK2mN5pQ8rS1tU4vW7xY0",
+              ike_proposal="aes256-sha256-modp2048", esp_proposal="aes256-sha256-modp2048", ike_lifetime=14400,
+              esp_lifetime=1800, hold_time=60, dpd_delay=15),
+]
+DETECTED = {"xml": "xml", "json": "json", "generic": "generic", "yamaha": "yamaha", "cisco-ios": "cisco"}
+
+
+@pytest.mark.parametrize("fmt", awsvendor.FORMATS)
+@pytest.mark.parametrize("local", [None, "192.168.1.10"], ids=["direct", "nat"])
+def test_vendor_rendering_roundtrip(fmt, local):
+    text = awsvendor.render(fmt, "vpn-0a1b2c3d4e5f60718", "cgw-0a1", "vgw-0b2", VENDOR_TUNNELS)
+    assert detect_format(text) == DETECTED[fmt]
+    cfg = parse_config(import_aws(text, local_address=local).text)
+    got = [(str(t.remote_address), t.psk.decode(), str(t.inside_local), t.local_asn, t.remote_asn,
+            str(t.local_address), str(t.public_address), t.ike_proposals, t.esp_proposals, t.dpd_interval,
+            t.dpd_retries, t.hold_time) for t in cfg.tunnels]
+    assert got == [
+        ("198.51.100.2", VENDOR_TUNNELS[0].psk, "169.254.10.2/30", 65000, 64512, local or "203.0.113.2",
+         "203.0.113.2", ("aes128-sha1-modp1024",), ("aes128-sha1-modp1024",), 10, 3, 30),
+        ("198.51.100.6", VENDOR_TUNNELS[1].psk, "169.254.20.2/30", 65000, 64512, local or "203.0.113.2",
+         "203.0.113.2", ("aes256-sha256-modp2048",), ("aes256-sha256-modp2048",), 15, 3, 60),
+    ]
+    if fmt != "yamaha":  # AWS's Yamaha template has no phase-1 lifetime line
+        assert [t.ike_lifetime for t in cfg.tunnels] == [28800, 14400]
+    assert [t.esp_lifetime for t in cfg.tunnels] == [3600, 1800]
+
+
+def test_vendor_rendering_refuses_what_the_vendor_cannot_say():
+    t = XmlTunnel("203.0.113.2", "198.51.100.2", "169.254.10.0/30", 65000, 64512, "Kq7.Tx2_Vb9Lm4Np8Rs3Wz6Yc1Df5Gh0",
+                  esp_proposal="aes128gcm16-modp1024")
+    with pytest.raises(ValueError, match="yamaha download cannot express ESP encryption"):
+        awsvendor.render("yamaha", "vpn-1", "cgw-1", "vgw-1", [t])
+
+
+def test_cisco_keepalive_retry_interval_is_not_a_retry_count():
+    # IOS `crypto isakmp keepalive 10 10`: every 10 s, retry every 10 s; the count stays AWS's 3
+    text = awsvendor.render("cisco-ios", "vpn-1a2b3c4d", "cgw-1", "vgw-1", VENDOR_TUNNELS[:1])
+    assert "crypto isakmp keepalive 10 10" in text
+    cfg = parse_config(import_aws(text).text)
+    assert (cfg.tunnels[0].dpd_interval, cfg.tunnels[0].dpd_retries) == (10, 3)
+
+
+# ------------------------------------------------------------- the real seed downloads
+
+SEEDS = "/work/shared/seeds"
+
+
+def _seed(name):
+    path = os.path.join(SEEDS, name)
+    if not os.path.exists(path):
+        pytest.skip(f"seed {name} not available")
+    return open(path, encoding="utf-8").read()
+
+
+def test_seed003_cisco_ios_excerpt_imports():
+    # NEC IX behind a NAT router (192.168.1.10 -> 203.165.211.85), read from the Cisco IOS download
+    text = _seed("003_58b5b2477542f47a.txt")
+    excerpt = next(ln for ln in text.splitlines() if ln.startswith("! ----") and "crypto keyring" in ln)
+    assert excerpt.strip() == open(os.path.join(os.path.dirname(__file__), "data", "aws_cisco_ios_seed003.txt")).read().strip()
+    cfg = parse_config(import_aws(excerpt, local_address="192.168.1.10", advertise=["192.168.2.0/24"]).text)
+    # the values the seed's author typed into the NEC IX by hand
+    assert [(str(t.remote_address), t.psk.decode(), str(t.inside_local), str(t.inside_remote), t.remote_asn)
+            for t in cfg.tunnels] == [
+        ("34.217.232.61", "pq5RW0mMbSxz8k8.ZRY2T3C82D9GX8_z", "169.254.123.134/30", "169.254.123.133", 64512),
+        ("54.69.109.228", "QAElJrXGVeBgHi.U292jVF3eLTATQXMQ", "169.254.30.58/30", "169.254.30.57", 64512)]
+    assert {(str(t.local_address), str(t.public_address), t.local_asn) for t in cfg.tunnels} == {
+        ("192.168.1.10", "203.165.211.85", 65000)}
+
+
+def test_seed000_yamaha_download_with_values_filled_in_imports():
+    # The RTX810 download as published (placeholders where the blogger hid the values),
+    # followed by the blog's own additions (`tunnel select 1` / `tunnel name ...` again).
+    text = _seed("000_7050aa6f86befcca.txt")
+    text = text[text.index("# Amazon Web Services"):]
+    with pytest.raises(AwsImportError) as ei:
+        import_aws(text)
+    msg = str(ei.value)
+    assert "tunnel 1: the pre-shared key is not an AWS key" in msg and "tunnel 2: no AWS outside" in msg
+    assert "tunnel 3" not in msg  # the blog's extra `tunnel select 1` block is the same tunnel
+    psks = ["Ex1.Yamaha_Key_Tunnel1_abcdefghij", "Ex2.Yamaha_Key_Tunnel2_abcdefghij"]
+    for k, (psk, rid, loc, rem) in enumerate(
+            [(psks[0], "52.193.10.11", "169.254.24.14/30", "169.254.24.13"),
+             (psks[1], "54.250.20.22", "169.254.25.90/30", "169.254.25.89")], 1):
+        sfx = "2" if k == 2 else ""
+        text = text.replace(f"ipsec ike pre-shared-key {k} text AWSで発行された事前共有キーが入ってます",
+                            f"ipsec ike pre-shared-key {k} text {psk}")
+        text = text.replace(f"接続先id{k}", rid)
+        text = text.replace(f"ip tunnel address 発行されたBGP Local Address{sfx}\n", f"ip tunnel address {loc}\n")
+        text = text.replace(f"発行されたBGP Remote Address{sfx} hold-time", f"{rem} hold-time")
+        text = text.replace(f"local-address=発行されたBGP Local Address{sfx}\n", f"local-address={loc.split('/')[0]}\n")
+        text = text.replace(f"ip tunnel remote address 発行されたBGP Remote Address{sfx}\n", f"ip tunnel remote address {rem}\n")
+    text = text.replace("x.x.x.x(接続する自身の固定グローバルIP)", "198.51.100.20")
+    cfg = parse_config(import_aws(text, advertise=["192.168.100.0/24"]).text)
+    assert [(str(t.remote_address), t.psk.decode(), str(t.inside_local), str(t.inside_remote), t.local_asn,
+             t.remote_asn, t.hold_time, t.dpd_interval, t.dpd_retries, str(t.local_address)) for t in cfg.tunnels] == [
+        ("52.193.10.11", psks[0], "169.254.24.14/30", "169.254.24.13", 65000, 10124, 30, 10, 3, "198.51.100.20"),
+        ("54.250.20.22", psks[1], "169.254.25.90/30", "169.254.25.89", 65000, 10124, 30, 10, 3, "198.51.100.20")]

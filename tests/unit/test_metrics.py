@@ -86,3 +86,30 @@ def test_status_format_hints():
 def test_status_format_partial():
     assert "No tunnels configured" in format_status({})
     assert "Tunnel x" in format_status({"tunnels": [{"name": "x"}]})
+
+
+def test_metrics_drops_rekeys_dpd_bgp_messages_routes():
+    import copy
+    st = copy.deepcopy(SAMPLE)
+    t = st["tunnels"][0]
+    t["ipsec"]["drops"] = {"unknown_spi": 2}
+    t["ipsec"]["sas"][0]["drops"] = {"bad_padding": 1, "unknown_spi": 1}
+    t["ike"]["counters"] = {"rekeys_ipsec": 3, "dpd_sent": 5, "dpd_acked": 4}
+    t.setdefault("bgp", {})["messages_in"] = {"KEEPALIVE": 7, "UPDATE": 2}
+    st["routes"] = [{"prefix": "10.100.0.0/16", "tunnel": "tun1", "best": True, "installed": True},
+                    {"prefix": "10.100.0.0/16", "tunnel": "tun2", "best": False, "installed": False}]
+    text = render_metrics(st)
+    types, samples = parse_exposition(text)
+    d = {(n, l): v for n, l, v in samples}
+    L = 'tunnel="tun1",vpn="vpn-1"'
+    # data-path and SA drops merged by reason
+    assert d[("cgwd_tunnel_drops_total", "{" + L + ',reason="unknown_spi"}')] == "3"
+    assert d[("cgwd_tunnel_drops_total", "{" + L + ',reason="bad_padding"}')] == "1"
+    assert d[("cgwd_rekeys_total", "{" + L + ',sa="ipsec"}')] == "3"
+    assert d[("cgwd_rekeys_total", "{" + L + ',sa="ike"}')] == "0"
+    assert d[("cgwd_dpd_total", "{" + L + ',event="sent"}')] == "5"
+    assert d[("cgwd_dpd_total", "{" + L + ',event="dead"}')] == "0"
+    assert d[("cgwd_bgp_messages_total", "{" + L + ',direction="in",type="keepalive"}')] == "7"
+    assert d[("cgwd_routes", '{tunnel="tun1"}')] == d[("cgwd_routes", '{tunnel="tun2"}')] == "1"
+    assert d[("cgwd_routes_best", '{tunnel="tun2"}')] == "0" and d[("cgwd_routes_installed", '{tunnel="tun1"}')] == "1"
+    assert types["cgwd_dpd_total"] == "counter" and types["cgwd_routes_best"] == "gauge"

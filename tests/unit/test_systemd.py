@@ -2,8 +2,12 @@ import io
 import logging
 import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -25,10 +29,20 @@ def test_unit_verifies(tmp_path):
     bindir = os.path.join(ROOT, ".venv", "bin")
     if not os.path.exists(os.path.join(bindir, "cgwd")):
         pytest.skip("venv console scripts not installed")
-    unit = tmp_path / "cgwd.service"
-    unit.write_text(text.replace("/usr/local/bin/", bindir + "/"))
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    text = text.replace("/usr/local/bin/", bindir + "/")
+
+    def verify(unit_text: str) -> str:
+        """What systemd-analyze finds wrong ("" when nothing): it exits 0 on unknown or
+        misspelled keys (it only says "ignoring"), so its messages are checked too."""
+        unit = tmp_path / "cgwd.service"
+        unit.write_text(unit_text)
+        r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        return (f"exit {r.returncode}\n" if r.returncode else "") + r.stderr.strip()
+
+    assert verify(text) == ""
+    # the check above can fail: a misspelled hardening directive is reported
+    assert "Unknown key 'ProtectSystm'" in verify(text.replace("ProtectSystem=strict", "ProtectSystm=strict"))
+    assert "exit 1" in verify(text.replace(bindir + "/cgwd ", "/nonexistent/cgwd "))
 
 
 def _dgram(addr):
@@ -83,3 +97,69 @@ def test_logging_journal_prefix_kv_and_redaction():
     logging.getLogger("cgwd").debug("hidden")
     logging.getLogger("cgwd").error("shown")
     assert "hidden" not in buf2.getvalue() and " ERROR cgwd: shown" in buf2.getvalue()
+
+
+def _daemon_cmd(cfg: str, sock: str) -> list[str]:
+    cmd = [sys.executable, "-m", "cgwd.daemon", "--config", cfg, "--socket", sock]
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        # its own network namespace: the start-up cleanup of a previous run's routes and
+        # interfaces then cannot touch this machine's
+        cmd = ["unshare", "--net", *cmd]
+    return cmd
+
+
+def _recv_until(s, pred, what: str, timeout: float = 20.0) -> list[str]:
+    msgs = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            msgs.append(s.recv(4096).decode())
+        except socket.timeout:
+            break
+        if pred(msgs[-1]):
+            return msgs
+    raise AssertionError(f"no {what} on NOTIFY_SOCKET; got {msgs!r}")
+
+
+def test_daemon_speaks_notify_protocol_to_a_real_socket(tmp_path):
+    """The real cgwd process: READY=1 with STATUS= once the control socket is bound and the
+    config loaded, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM."""
+    notify_path = str(tmp_path / "notify")
+    s = _dgram(notify_path)
+    cfg = tmp_path / "cgwd.toml"
+    cfg.write_text('[daemon]\ndatapath = "userspace"\nlog_level = "info"\n')
+    os.chmod(cfg, 0o600)
+    sock = str(tmp_path / "cgwd.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_FDS")}
+    env.update(NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="1000000")
+    p = subprocess.Popen(_daemon_cmd(str(cfg), sock), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        msgs = _recv_until(s, lambda m: "READY=1" in m, "READY=1")
+        ready = msgs[-1].split("\n")
+        assert ready[0] == "READY=1" and ready[1].startswith("STATUS=0/0 tunnels up"), ready
+        assert not any("WATCHDOG=1" in m for m in msgs[:-1]), "watchdog ping before READY"
+        assert stat.S_ISSOCK(os.lstat(sock).st_mode), "READY=1 before the control socket was bound"
+        assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
+        r = subprocess.run([sys.executable, "-m", "cgwd.cli", "status", "--json", "--socket", sock],
+                           capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert r.returncode == 0 and '"tunnels": []' in r.stdout, r.stdout + r.stderr
+        _recv_until(s, lambda m: m == "WATCHDOG=1", "WATCHDOG=1 (WATCHDOG_USEC=1 s)", timeout=10)
+        _recv_until(s, lambda m: m.startswith("STATUS="), "periodic STATUS=", timeout=10)
+        # A second instance on the same control socket: one line, exit 1, the first one unharmed.
+        r = subprocess.run(_daemon_cmd(str(cfg), sock), capture_output=True, text=True, cwd=ROOT, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"})
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "another cgwd is already listening" in r.stderr
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        _recv_until(s, lambda m: m.startswith("STOPPING=1"), "STOPPING=1")
+        assert p.wait(20) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        s.close()
+    err = p.stderr.read()
+    assert "Traceback" not in err and "event=ready" in err, err

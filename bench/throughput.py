@@ -1,0 +1,217 @@
+"""TCP throughput and ping RTT through cgwd's userspace ESP vs the reference stack, same run.
+
+    .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 2] [--suites aes128-sha1,aes128gcm16]
+                                         [--nat] [--tunnels 2] [--only cgwd|reference]
+
+For each ESP suite one lab is built (strongSwan libipsec + BIRD play the AWS endpoints, in
+network namespaces on this machine).  Then, ``--rounds`` times, alternating:
+
+* cgwd as the customer gateway (config imported from the lab's AWS XML, as
+  tests/interop/test_cgwd_lab.py does), userspace ESP data path;
+* the reference stack (``Lab.start_reference()``: strongSwan libipsec + BIRD on the customer
+  side too).
+
+Each gets iperf3 TCP on-prem (10.200.0.10) -> VPC (10.100.0.10), the reverse (``-R``) and
+50 pings; the table prints Mbit/s, RTT (average and median of the pings) and
+cgwd/reference ratios from the same run (medians over the rounds), per round the TCP
+retransmissions iperf3 counted, and the CPU the customer-side gateway process (cgwd, or
+the reference's charon) spent per GB carried: on this shared 2-core machine, where the
+AWS-side charon competes for the same cores, that is the steadiest efficiency figure.  All traffic stays inside the lab's namespaces.  Run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cgwd.lab.cli import cgwd_ready, import_config, reference_ready, start_cgwd  # noqa: E402
+from cgwd.lab.netns import stop_process, wait_for  # noqa: E402
+from cgwd.lab.topology import AwsTunnelSpec, Lab, LabSpec, leftovers  # noqa: E402
+
+SUITES = {"aes128-sha1": "aes128-sha1-modp1024", "aes128gcm16": "aes128gcm16-modp1024"}
+PORT = 5201
+
+
+def gateway_cpu(lab: Lab) -> float:
+    """CPU seconds (user + system, all threads) used so far by the customer gateway's data
+    path process in the cgw namespace: cgwd, or the reference's charon (libipsec)."""
+    total = 0.0
+    for pid in lab.cgw.pids():
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            if comm == "charon" or b"cgwd.daemon" in cmd:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def iperf(lab: Lab, seconds: int, reverse: bool) -> tuple[float, int, float]:
+    """(Mbit/s received, TCP retransmissions, gateway CPU seconds per GB carried) of one
+    iperf3 TCP run from the on-prem host."""
+    args = ["iperf3", "-c", lab.spec.vpc_host, "-p", str(PORT), "-t", str(seconds), "-J", "-O", "1"]
+    if reverse:
+        args.append("-R")
+    cpu0 = gateway_cpu(lab)
+    p = lab.onprem.run(args, check=False, timeout=seconds + 60)
+    cpu = gateway_cpu(lab) - cpu0
+    try:
+        data = json.loads(p.stdout)
+        rcv = data["end"]["sum_received"]
+        # iperf3's byte count excludes the omitted first second; the CPU figure does not,
+        # so this overstates s/GB a little, equally for both stacks
+        return rcv["bits_per_second"] / 1e6, data["end"]["sum_sent"].get("retransmits", 0), \
+            cpu / (rcv["bytes"] / 1e9) if rcv["bytes"] else 0.0
+    except (ValueError, KeyError):
+        print(f"  iperf3 failed: {p.stdout[-300:]} {p.stderr[-300:]}", file=sys.stderr)
+        return 0.0, 0, 0.0
+
+
+def ping_rtt(lab: Lab, count: int) -> tuple[float, float]:
+    """(average, median) RTT in ms of ``count`` pings 0.1 s apart ((0, 0) when any was lost).
+    The median is the steadier figure on a shared machine: one descheduled ping moves the
+    average of 50 by a lot."""
+    p = lab.onprem.run(["ping", "-n", "-c", str(count), "-i", "0.1", "-W", "2", lab.spec.vpc_host],
+                       check=False, timeout=count + 30)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", p.stdout)]
+    if len(rtts) != count:
+        print(f"  ping lost packets: {p.stdout.strip().splitlines()[-2:]}", file=sys.stderr)
+        return 0.0, 0.0
+    return statistics.fmean(rtts), statistics.median(rtts)
+
+
+def measure(lab: Lab, seconds: int, pings: int) -> dict:
+    lab.wait_ping(60)
+    up, up_re, up_cpu = iperf(lab, seconds, False)
+    down, down_re, down_cpu = iperf(lab, seconds, True)
+    avg, median = ping_rtt(lab, pings)
+    return {"up": up, "down": down, "rtt": avg, "rtt_med": median, "retrans": (up_re, down_re),
+            "cpu_up": up_cpu, "cpu_down": down_cpu}
+
+
+def aws_clear(lab: Lab) -> None:
+    wait_for(lambda: all("INSTALLED" not in t.charon.list_sas() for t in lab.tunnels), 60,
+             what="the AWS endpoints to drop the previous customer's SAs")
+
+
+def run_cgwd(lab: Lab, config: str, seconds: int, pings: int) -> dict:
+    proc = start_cgwd(lab, config)
+    try:
+        wait_for(lambda: proc.poll() is not None or cgwd_ready(lab), 90, interval=0.5, what="cgwd ready")
+        if proc.poll() is not None:
+            raise RuntimeError(open(os.path.join(lab.workdir, "cgwd.log")).read()[-3000:])
+        return measure(lab, seconds, pings)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except Exception:  # noqa: BLE001
+            stop_process(proc)
+        lab.procs.remove(proc)
+        aws_clear(lab)
+
+
+def run_reference(lab: Lab, seconds: int, pings: int) -> dict:
+    lab.start_reference()
+    try:
+        wait_for(lambda: reference_ready(lab), 90, interval=0.5, what="reference stack ready")
+        return measure(lab, seconds, pings)
+    finally:
+        lab.stop_reference()
+        for t in lab.tunnels:
+            try:
+                t.charon.swanctl("--terminate", "--ike", "aws", check=False, timeout=30)
+            except Exception:  # noqa: BLE001
+                pass
+        aws_clear(lab)  # (ipsec0, its addresses and BIRD's routes through it went with charon)
+
+
+def bench_suite(name: str, proposal: str, a) -> dict:
+    prefix = f"tp{os.getpid() % 1000}{name[-2:]}"[:10]
+    spec = LabSpec(prefix=prefix, tunnels=a.tunnels, nat=a.nat,
+                   aws=[AwsTunnelSpec(esp_proposals=proposal) for _ in range(a.tunnels)])
+    lab = Lab(spec)
+    res = {"cgwd": [], "reference": []}
+    try:
+        lab.up()
+        lab.procs.append(lab.vpc.popen(["iperf3", "-s", "-p", str(PORT)]))
+        config = import_config(lab)
+        for r in range(a.rounds):
+            for who in ("cgwd", "reference"):
+                if a.only and who != a.only:
+                    continue
+                m = (run_cgwd(lab, config, a.seconds, a.pings) if who == "cgwd"
+                     else run_reference(lab, a.seconds, a.pings))
+                print(f"  {name:12s} round {r + 1} {who:9s}: up {m['up']:7.1f} Mbit/s  down {m['down']:7.1f}"
+                      f" Mbit/s  rtt avg {m['rtt']:.3f} med {m['rtt_med']:.3f} ms  (TCP retransmits {m['retrans'][0]}/"
+                      f"{m['retrans'][1]}; gateway CPU s/GB {m['cpu_up']:.2f}/{m['cpu_down']:.2f})", flush=True)
+                res[who].append(m)
+    finally:
+        lab.down()
+        left = leftovers(prefix)
+        if left:
+            print(f"  WARNING: lab {prefix} left {left}", file=sys.stderr)
+    return res
+
+
+def med(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if r[key] > 0]
+    return statistics.median(vals) if vals else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--pings", type=int, default=50)
+    ap.add_argument("--suites", default=",".join(SUITES))
+    ap.add_argument("--tunnels", type=int, default=2)
+    ap.add_argument("--nat", action="store_true")
+    ap.add_argument("--only", choices=("cgwd", "reference"))
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cpus, "
+          f"iperf3 {a.seconds}s x {a.rounds} rounds, {'NAT' if a.nat else 'direct'}, {a.tunnels} tunnels")
+    table = []
+    for name in a.suites.split(","):
+        res = bench_suite(name, SUITES[name], a)
+        table.append((name, res))
+    print(f"\n{'suite':12s} {'stack':9s} {'up Mbit/s':>10s} {'down Mbit/s':>11s} {'rtt avg ms':>10s}"
+          f" {'rtt med ms':>10s} {'CPU s/GB up':>11s} {'down':>5s}")
+    for name, res in table:
+        for who in ("cgwd", "reference"):
+            if res[who]:
+                print(f"{name:12s} {who:9s} {med(res[who], 'up'):10.1f} {med(res[who], 'down'):11.1f}"
+                      f" {med(res[who], 'rtt'):10.3f} {med(res[who], 'rtt_med'):10.3f}"
+                      f" {med(res[who], 'cpu_up'):11.2f} {med(res[who], 'cpu_down'):5.2f}")
+        if res["cgwd"] and res["reference"]:
+            ratio = []
+            for k in ("up", "down", "rtt", "rtt_med", "cpu_up", "cpu_down"):
+                ref = med(res["reference"], k)
+                ratio.append(med(res["cgwd"], k) / ref if ref else float("nan"))
+            print(f"{name:12s} {'ratio':9s} {ratio[0]:10.2f} {ratio[1]:11.2f} {ratio[2]:10.2f} {ratio[3]:10.2f}"
+                  f" {ratio[4]:11.2f} {ratio[5]:5.2f}")
+    print("(ratio = cgwd/reference, same run; targets: throughput >= 1.0, RTT <= 1.2; CPU s/GB is the"
+          " customer-side gateway process's CPU per GB carried: lower is better)")
+    print(f"# end load {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
