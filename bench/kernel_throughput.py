@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -194,7 +195,11 @@ def host_main(a) -> int:
     if res.get("leftovers"):
         print(f"WARNING: the guest lab left {res['leftovers']}")
     errors = [r for r in rows if "error" in r]
-    return 1 if errors or not (k and u) else 0
+    if errors or not (k and u):
+        print(f"guest output kept in {out} (console.log, bench.json)")
+        return 1
+    shutil.rmtree(out, ignore_errors=True)
+    return 0
 
 
 def main() -> int:

@@ -174,6 +174,13 @@ class BgpSpeaker:
             try:
                 sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sk.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)   # CS6, like routers
+                # TCP keepalive probes find a connection the peer closed while its RST was lost
+                # (a peer rejecting our connection resets it): otherwise it sits in OpenSent for
+                # the 240 s hold and collision resolution refuses every connection the peer opens.
+                sk.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3)
+                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
             except OSError:
                 pass
         self._protos[p.outbound] = p

@@ -203,3 +203,27 @@ def test_hundred_flaps_leak_nothing(lab_factory):
     assert "Traceback" not in log
     assert proc.poll() is None
     assert_no_secret(lab)
+
+
+def test_bgp_recovers_when_the_peer_rejects_a_connection_and_its_reset_is_lost(lab_factory):
+    """Seen under 10 % loss: BIRD rejects cgwd's connection (its protocol restarting), the RST is
+    lost, cgwd's connection sits in OpenSent; every connection BIRD then opens loses the
+    collision (cgwd's BGP identifier is higher) until the 240 s OpenSent hold runs out. TCP
+    keepalive probes on cgwd's BGP sockets find the dead connection within seconds."""
+    lab = lab_factory(tunnels=1)
+    proc = bring_up(lab, config(lab))
+    t = lab.tunnels[0]
+    drop_rst = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
+    t.ns.run(["iptables", "-A", *drop_rst])
+    t.bird.birdc("disable", "cgw")
+    # cgwd reconnects; the disabled BIRD rejects; the RST never arrives
+    wait_for(lambda: status(lab)["tunnels"][0]["bgp"]["state"] in ("opensent", "openconfirm"), 30,
+             interval=0.2, what="cgwd's connection to sit in OpenSent")
+    time.sleep(3)
+    t.ns.run(["iptables", "-D", *drop_rst])
+    t0 = time.monotonic()
+    t.bird.birdc("enable", "cgw")
+    wait_for(lambda: _tunnel_ready(status(lab), status(lab)["tunnels"][0]["name"]) and t.bird.established("cgw"),
+             90, interval=0.5, what="BGP back (without keepalive probes: up to 240 s)")
+    print(f"BGP back {time.monotonic() - t0:.1f}s after BIRD was enabled again")
+    assert proc.poll() is None

@@ -25,9 +25,12 @@ import pytest
 
 import qemu_vm
 
-pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+# The guest run is the first test's fixture setup: pytest-timeout must allow for all of it.
+pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(900)]
 
-GUEST_TIMEOUT = 560  # boot (~30 s) + direct (~160 s) + nat (~70 s) on an idle 2-core machine, TCG
+# About 5 minutes on an idle 2-core machine (boot ~35 s, probe, direct ~175 s, nat ~85 s, TCG);
+# twice that leaves room for a loaded machine. The bound kills the QEMU process group.
+GUEST_TIMEOUT = 780
 SCENARIOS = ("probe", "direct", "nat")
 
 

@@ -286,3 +286,56 @@ def test_sequence_exhaustion_on_the_fast_path():
     assert [int.from_bytes(e[4:8], "big") for e in sent] == [SEQ_HARD_LIMIT - 1, SEQ_HARD_LIMIT]
     assert dp.sa_pair(0x1111).stats()["drops"] == {"seq_exhausted": 3}
     assert [type(e) for e in events].count(SequenceExhausted) == 1
+
+
+class RecordingSocket:
+    def __init__(self):
+        self.calls = []
+
+    def sendmsg(self, buffers, anc, flags, addr):
+        (level, kind, data), = anc
+        self.calls.append((b"".join(buffers), int.from_bytes(data, "little" if socket.htons(1) != 1 else "big")))
+        return sum(len(b) for b in buffers)
+
+
+class RecordingEndpoint:
+    def __init__(self):
+        self.natt_socket = RecordingSocket()
+        self.single = []
+
+    def send_esp(self, data, remote):
+        self.single.append(data)
+
+
+@pytest.mark.parametrize("sizes", [
+    [1460] * 64,                      # 64 x 1460 > 65000 bytes: two GSO sends
+    [1460] * 10 + [1000] + [1460] * 3,  # the short one ends the first run
+    [200] * 64,                       # 64 segments, the most one send may carry
+    [100, 200, 300, 200, 200],        # growing sizes cannot share a send
+])
+def test_gso_runs_respect_kernel_limits_and_order(sizes):
+    pa, _ = pair()
+    ep = RecordingEndpoint()
+    dp = UserspaceDatapath(name="a", ifname="cgw-a", inside=INSIDE, send_udp=ep.send_esp,
+                           on_event=lambda ev: None, local_address="127.0.0.1")
+    dp.install(pa)
+    pkts = [bytes([i]) * s for i, s in enumerate(sizes)]
+    dp._transmit(list(pkts))
+    # Rebuild the datagram sequence as the kernel would split it.
+    wire = []
+    for buf, seg in ep.natt_socket.calls:
+        assert len(buf) <= GSO_MAX_BYTES and -(-len(buf) // seg) <= GSO_MAX_SEGMENTS
+        chunks = [buf[i:i + seg] for i in range(0, len(buf), seg)]
+        assert all(len(c) == seg for c in chunks[:-1]) and 0 < len(chunks[-1]) <= seg
+        wire.extend(chunks)
+    # single sends interleave in order too: rebuild by walking the packets
+    rebuilt, calls, singles = [], list(ep.natt_socket.calls), list(ep.single)
+    while len(rebuilt) < len(pkts):
+        nxt = pkts[len(rebuilt)]
+        if singles and singles[0] == nxt and not (calls and calls[0][0].startswith(nxt)):
+            rebuilt.append(singles.pop(0))
+            continue
+        buf, seg = calls.pop(0)
+        rebuilt.extend(buf[i:i + seg] for i in range(0, len(buf), seg))
+    assert rebuilt == pkts
+    assert not calls and not singles
