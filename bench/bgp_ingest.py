@@ -51,7 +51,7 @@ def rss_kb():
 
 async def main():
     n_expect = N
-    kernel = KernelRoutes(254, 100, 196) if USE_KERNEL else None
+    kernel = KernelRoutes(254, 100, 157) if USE_KERNEL else None
     rt = RoutingTable(kernel=kernel, import_policy="aws-default", max_prefix=None)
     rt.tunnel_up("tun1", "bgpv1", "169.254.10.1")
     t = {}
@@ -120,11 +120,11 @@ prefixes = [f"10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}/32" if N > 60000
             else f"10.{64 + i // 256}.{i % 256}.0/24" for i in range(N)]
 nh1 = (NextHop("tun1", "bgpv1", "169.254.10.1"),)
 def in_kernel():
-    out = subprocess.run(["ip", "route", "show", "proto", "196"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "route", "show", "proto", "157"], capture_output=True, text=True).stdout
     return len(out.splitlines())
 res = {}
 for mode in ("pyroute2_per_request", "batched"):
-    k = KernelRoutes(254, 100, 196)
+    k = KernelRoutes(254, 100, 157)
     k._batch_ok = mode == "batched"
     t0 = time.perf_counter()
     k.apply(RibChanges(add={p: nh1 for p in prefixes}))
@@ -143,7 +143,7 @@ d = tempfile.mkdtemp()
 for cmd in ("add", "del"):
     with open(os.path.join(d, cmd), "w") as f:
         for p in prefixes:
-            f.write(f"route {cmd} {p} via 169.254.10.1 dev bgpv1 metric 100 proto 196 table 254\n")
+            f.write(f"route {cmd} {p} via 169.254.10.1 dev bgpv1 metric 100 proto 157 table 254\n")
 t0 = time.perf_counter()
 subprocess.run(["ip", "-batch", os.path.join(d, "add")], check=True)
 t1 = time.perf_counter()

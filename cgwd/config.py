@@ -209,7 +209,7 @@ class DaemonConfig:
     metrics_listen: str = ""
     route_table: int = 254
     route_metric: int = 100
-    route_protocol: int = 196
+    route_protocol: int = 157
     reconcile_interval: int = 30
 
 
@@ -583,7 +583,7 @@ def _parse_daemon(c: _Collector, d: Any) -> DaemonConfig:
         metrics_listen=metrics,
         route_table=_get(c, t, d, "route_table", lambda v: _int(v, 1, 2**32 - 1), 254),
         route_metric=_get(c, t, d, "route_metric", lambda v: _int(v, 0, 2**32 - 1), 100),
-        route_protocol=_get(c, t, d, "route_protocol", lambda v: _int(v, 0, 255), 196),
+        route_protocol=_get(c, t, d, "route_protocol", lambda v: _int(v, 0, 255), 157),
         reconcile_interval=_get(c, t, d, "reconcile_interval", lambda v: _int(v, 1, 3600, " seconds"), 30),
     )
 

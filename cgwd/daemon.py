@@ -46,6 +46,14 @@ def _bgp_import_policy(vpn: VpnConfig) -> BgpImportPolicy:
 
 
 ESP_LIVENESS_INTERVAL = 1.0  # seconds between looks at the data path's inbound counters
+def _same_spi(a, b) -> bool:
+    """SPIs as the IKE engine and the data path write them ("0x1a2b3c4d" or hex)."""
+    try:
+        return a is not None and b is not None and int(str(a), 16) == int(str(b), 16)
+    except ValueError:
+        return False
+
+
 OUTBOUND_GRACE = 1.0  # seconds a pair of our rekey waits for the peer (see _hold_rekeyed_pair)
 
 
@@ -97,7 +105,6 @@ class Tunnel:
         self._bgp_task: asyncio.Task | None = None
         self.bgp_drops: dict[str, int] = {}  # from speakers already stopped (hostile TCP 179 input)
         self._esp_seen: dict[str, int] = {}  # spi_in -> packets_in at the last liveness look
-        self.held: dict[int, object] = {}  # spi_in -> IpsecSaPair of our rekey, not yet in use
 
     def esp_liveness(self) -> bool:
         """Inbound ESP since the last call resets the peer's DPD idle timer."""
@@ -151,7 +158,6 @@ class Tunnel:
                 log.exception("tunnel=%s event=ike-stop-failed", self.name)
             self.endpoint.remove_peer(self.peer)
         self.routing.tunnel_down(self.name)
-        self.held.clear()
         if self.datapath is not None:
             await self.datapath.close()
         self.pairs.clear()
@@ -165,21 +171,13 @@ class Tunnel:
                 return
             self._install_pair(pair)
         elif isinstance(ev, IpsecSaDown):
-            if self.held.pop(ev.spi_in, None) is not None:
-                log.info("tunnel=%s event=ipsec-down spi_in=0x%08x reason=%s (before use)", self.name,
-                         ev.spi_in, ev.reason)
-                return
             self.pairs.pop(ev.spi_in, None)
             self.datapath.remove(ev.spi_in)
             log.info("tunnel=%s event=ipsec-down spi_in=0x%08x reason=%s", self.name, ev.spi_in, ev.reason)
-            if not self.pairs:  # nothing left to send on: use what was held back
-                for spi in list(self.held):
-                    self.release_held(spi, "older pair deleted")
             if not self.pairs:
                 self._tunnel_lost(f"last IPsec SA deleted ({ev.reason})")
         elif isinstance(ev, PeerDead):
             log.warning("tunnel=%s event=peer-dead remote=%s", self.name, self.cfg.remote_address)
-            self.held.clear()
             self.datapath.remove_all()
             self.pairs.clear()
             self._tunnel_lost("DPD: peer dead")
@@ -213,27 +211,32 @@ class Tunnel:
 
         The responder installs the new pair when our last quick-mode message reaches it
         (strongSwan: some 100 ms later on a busy machine); ESP on the new SPI before that is
-        lost at its end. The data path installs a pair and sends on it at once, so a pair
-        from our own rekey is installed only when the first ESP for its inbound SPI arrives
-        (the peer uses it, so it has it), or after OUTBOUND_GRACE seconds. Only where the
-        daemon sees inbound ESP first: UDP-encapsulated pairs on the userspace data path.
+        lost at its end. Where the data path can (``pending_outbound``: userspace, raw ESP
+        and UDP-encapsulated alike), a pair of our own rekey is installed for receiving only;
+        the data path switches outbound to it when the peer's first authenticated packet on
+        it arrives, or the daemon does after OUTBOUND_GRACE seconds. A pair that lost a rekey
+        collision is kept receive-only (the winner carries our traffic) unless the peer sends
+        on it. Data paths without it (kernel XFRM) switch at once.
         """
         pair = ev.pair
-        if not (pair.udp_encap and self.pairs and getattr(self.datapath, "kind", "") == "userspace"):
+        if not (self.pairs and getattr(self.datapath, "pending_outbound", False)):
             return False
-        if self._collision_loser(pair.spi_in):
-            # lost a rekey collision (IKE keeps it, the peer may still send on it): installed
-            # only if the peer does, so that the winner keeps carrying our traffic
-            self.held[pair.spi_in] = pair
+        loser = self._collision_loser(pair.spi_in)
+        if not loser and not getattr(ev, "initiator", False):
+            return False
+        try:
+            self.datapath.install(pair, outbound=False)
+        except Exception as exc:  # noqa: BLE001 - a data-path refusal must not kill the daemon
+            log.error("tunnel=%s event=sa-install-failed %s error=%s", self.name, pair.describe(), exc)
+            return True
+        self.pairs[pair.spi_in] = pair
+        if loser:
             log.info("tunnel=%s event=ipsec-up-standby %s (rekey collision: the other new pair carries traffic)",
                      self.name, pair.describe())
-            return True
-        if not getattr(ev, "initiator", False):
-            return False
-        self.held[pair.spi_in] = pair
-        asyncio.get_running_loop().call_later(OUTBOUND_GRACE, self.release_held, pair.spi_in, "grace time over")
-        log.info("tunnel=%s event=ipsec-up-pending %s (older pair carries traffic until the peer has it)",
-                 self.name, pair.describe())
+        else:
+            asyncio.get_running_loop().call_later(OUTBOUND_GRACE, self.release_held, pair.spi_in, "grace time over")
+            log.info("tunnel=%s event=ipsec-up-pending %s (older pair carries traffic until the peer uses this one)",
+                     self.name, pair.describe())
         return True
 
     def _collision_loser(self, spi_in: int) -> bool:
@@ -241,13 +244,11 @@ class Tunnel:
         return state is not None and state(spi_in) == "rekeyed"
 
     def release_held(self, spi_in: int, why: str) -> None:
-        if why == "grace time over" and self._collision_loser(spi_in):
-            return  # it lost a rekey collision meanwhile: stays on standby
-        pair = self.held.pop(spi_in, None)
-        if pair is None or self.datapath is None:
-            return
-        log.debug("tunnel=%s event=ipsec-switch spi_in=0x%08x reason=%s", self.name, spi_in, why)
-        self._install_pair(pair)
+        """Send on a receive-only pair of our rekey now (grace time over)."""
+        if self._collision_loser(spi_in) or self.datapath is None or spi_in not in self.pairs:
+            return  # lost a rekey collision meanwhile (stays on standby), or gone
+        if self.datapath.activate_outbound(spi_in, why):
+            log.debug("tunnel=%s event=ipsec-switch spi_in=0x%08x reason=%s", self.name, spi_in, why)
 
     def _tunnel_lost(self, why: str) -> None:
         """No SA carries traffic: withdraw this tunnel's routes now, not at hold-timer expiry."""
@@ -320,7 +321,6 @@ class Tunnel:
         if action == "down":
             self.admin_up = False
             self.endpoint.stop_peer(self.peer)
-            self.held.clear()
             self.datapath.remove_all()
             self.pairs.clear()
             self._tunnel_lost("administratively down")
@@ -343,6 +343,7 @@ class Tunnel:
             sas.append({
                 "spi_in": sa["spi_in"], "spi_out": sa["spi_out"], "algorithms": sa["algorithms"],
                 "udp_encap": sa["udp_encap"], "state": sa.get("state"),
+                "outbound": _same_spi(sa.get("spi_out"), dp.get("active_spi_out")),
                 **{k: d.get(k, 0) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out",
                                             "replay_drops", "auth_failures")},
                 "drops": d.get("drops", {}),
@@ -368,10 +369,10 @@ class Tunnel:
                     "expires_at": mono_to_wall(ike.get("expires_at")),
                     "last_error": ike.get("last_error"), "counters": ike.get("counters", {})},
             "ipsec": {"state": "installed" if installed else "none", "sas": sas,
-                      "packets_in": sum(s["packets_in"] for s in sas),
-                      "packets_out": sum(s["packets_out"] for s in sas),
-                      "bytes_in": sum(s["bytes_in"] for s in sas),
-                      "bytes_out": sum(s["bytes_out"] for s in sas),
+                      # counters since the tunnel's data path opened, across rekeys, where the
+                      # data path keeps them ("totals"); else those of the current SAs
+                      **{k: int((dp.get("totals") or {}).get(k, sum(s[k] for s in sas)))
+                         for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")},
                       "datapath": dp.get("kind"), "drops": dp.get("drops", {})},
             "dpd": {"interval": c.dpd_interval, "retries": c.dpd_retries, "action": c.dpd_action,
                     "last_seen": mono_to_wall(dpd.get("last_seen")),
@@ -466,10 +467,6 @@ class Daemon:
         if t is None or t.datapath is None:
             self._count("esp_from_unknown_peer")
             return
-        if t.held and len(data) >= 8:
-            spi = int.from_bytes(data[:4], "big")
-            if spi in t.held:  # the peer sends on the pair of our rekey: it has it, use it too
-                t.release_held(spi, "peer uses it")
         t.datapath.receive_esp(data, remote)
 
     # ------------------------------------------------------------------ start / stop

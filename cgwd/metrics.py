@@ -94,10 +94,10 @@ def render_metrics(status: dict) -> str:
         for sa_kind in ("ike", "ipsec"):
             o.add("cgwd_rekeys_total", "counter", "completed rekeys, by SA kind", {**L, "sa": sa_kind}, counters.get(f"rekeys_{sa_kind}", 0))
         o.add("cgwd_ipsec_sa_installed", "gauge", "number of installed ESP SA pairs", L, len(sas) if ipsec.get("state") == "installed" else 0)
-        o.add("cgwd_ipsec_packets_total", "counter", "ESP packets", {**L, "direction": "in"}, ipsec.get("packets_in", sum(s.get("packets_in", 0) for s in sas)))
-        o.add("cgwd_ipsec_packets_total", "counter", "ESP packets", {**L, "direction": "out"}, ipsec.get("packets_out", sum(s.get("packets_out", 0) for s in sas)))
-        o.add("cgwd_ipsec_bytes_total", "counter", "ESP payload bytes of the current SAs", {**L, "direction": "in"}, sum(s.get("bytes_in", 0) for s in sas))
-        o.add("cgwd_ipsec_bytes_total", "counter", "ESP payload bytes of the current SAs", {**L, "direction": "out"}, sum(s.get("bytes_out", 0) for s in sas))
+        o.add("cgwd_ipsec_packets_total", "counter", "ESP packets (across rekeys where the data path keeps totals)", {**L, "direction": "in"}, ipsec.get("packets_in", sum(s.get("packets_in", 0) for s in sas)))
+        o.add("cgwd_ipsec_packets_total", "counter", "ESP packets (across rekeys where the data path keeps totals)", {**L, "direction": "out"}, ipsec.get("packets_out", sum(s.get("packets_out", 0) for s in sas)))
+        o.add("cgwd_ipsec_bytes_total", "counter", "ESP payload bytes (across rekeys where the data path keeps totals)", {**L, "direction": "in"}, ipsec.get("bytes_in", sum(s.get("bytes_in", 0) for s in sas)))
+        o.add("cgwd_ipsec_bytes_total", "counter", "ESP payload bytes (across rekeys where the data path keeps totals)", {**L, "direction": "out"}, ipsec.get("bytes_out", sum(s.get("bytes_out", 0) for s in sas)))
         o.add("cgwd_ipsec_replay_drops_total", "counter", "ESP packets dropped by the replay window (current SAs)", L, sum(s.get("replay_drops", 0) for s in sas))
         o.add("cgwd_ipsec_auth_failures_total", "counter", "ESP packets failing integrity check (current SAs)", L, sum(s.get("auth_failures", 0) for s in sas))
         for s in sas:

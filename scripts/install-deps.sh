@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what cgwd, its lab and its tests need on a fresh Debian 12 machine (as root):
-# Debian packages (strongSwan with kernel-libipsec, BIRD 2, GoBGP, ExaBGP, iproute2, ...)
+# Debian packages (strongSwan with kernel-libipsec, BIRD 2, GoBGP, FRR, ExaBGP, iproute2, ...)
 # and the Python package in a virtual environment at .venv (with the test extra).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "install-deps.sh: run as root" >&2; exit 2; fi
 PKGS="strongswan-charon strongswan-swanctl charon-systemd libcharon-extra-plugins
-      libstrongswan-standard-plugins libstrongswan-extra-plugins bird2 gobgpd exabgp
+      libstrongswan-standard-plugins libstrongswan-extra-plugins bird2 gobgpd exabgp frr
       iproute2 iptables nftables iperf3 iputils-ping tcpdump kmod systemd openssl"
 missing=""
 for p in $PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"; done
@@ -16,7 +16,7 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 # Debian starts these services when installed; the lab runs its own instances per namespace.
-for svc in strongswan-starter strongswan charon-systemd bird gobgpd exabgp; do
+for svc in strongswan-starter strongswan charon-systemd bird gobgpd exabgp frr; do
   systemctl stop "$svc" 2>/dev/null || true
 done
 PY=${PYTHON:-python3}

@@ -12,7 +12,7 @@ rib.py       sans-IO RIB: Adj-RIB-In per tunnel, best path across tunnels, ECMP,
              max-prefix, graceful-restart stale handling, ``RibChanges`` for the kernel.
 policy.py    ``ImportPolicy`` (RFC 8212 default deny; "aws-default"), ``ExportPolicy``,
              ``check_export_limit(prefixes, limit=100)``.
-kernel.py    ``KernelRoutes(table=254, metric=100, proto=196)``: pyroute2 install /
+kernel.py    ``KernelRoutes(table=254, metric=100, proto=157)``: pyroute2 install /
              reconcile / ``flush_stale``; never touches routes of another protocol id.
 routing.py   ``RoutingTable``: sessions -> RIB -> kernel (netlink in a worker thread).
 standalone.py  BGP-only runner (JSON config) used by the interop tests.
@@ -49,6 +49,7 @@ Times given to the sans-IO cores are the event loop's monotonic clock; ``status(
 thread on the hot path (pyroute2 0.9's sync API runs its own loop; calls made from a loop
 thread are moved to a helper thread and block): RoutingTable uses its worker thread.
 
-Kernel protocol id 196 ("cgwd"): unused in iproute2's rt_protos (bgp is 186, bird 12);
-``ip route show proto 196`` lists exactly what cgwd installed.
+Kernel protocol id 157 ("cgwd"): unused in iproute2's rt_protos (bgp is 186, bird 12) and
+outside FRR's 186-198;
+``ip route show proto 157`` lists exactly what cgwd installed.
 """

@@ -2,8 +2,9 @@
 
 Routes go out through the tunnel interface (oif) with the AWS inside address (.1) as
 gateway, in a configurable table (default main, 254), metric (default 100) and with our
-own routing protocol id **196** ("cgwd"; not in iproute2's rt_protos, which reserves
-186-192 for bgp/isis/ospf/rip/eigrp; 196 is what `ip route show proto 196` lists).
+own routing protocol id **157** ("cgwd"; named neither in iproute2's rt_protos nor in the
+kernel's RTPROT_* list, and outside FRR's 186-198, whose rt_protos.d calls 196 "static": a
+box that also runs FRR keeps its static routes; `ip route show proto 157` lists ours).
 
 Safety: every delete is qualified with our protocol id, and the kernel refuses to delete
 a route whose protocol differs (fib_table_delete matches rtm_protocol); we never use
@@ -35,7 +36,7 @@ import threading
 
 log = logging.getLogger("cgwd.bgp.kernel")
 
-RTPROT_CGWD = 196
+RTPROT_CGWD = 157
 DEFAULT_TABLE = 254
 DEFAULT_METRIC = 100
 

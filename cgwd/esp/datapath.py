@@ -65,6 +65,11 @@ class Datapath(abc.ABC):
     async def open(self) -> None:
         """Create the interface (``ifname``) with the inside address and MTU, up."""
 
+    #: True when ``install(pair, outbound=False)`` and ``activate_outbound(spi_in)`` exist:
+    #: the pair receives at once and outbound switches when the peer's first authenticated
+    #: packet on it arrives (or when activated), for make-before-break on our own rekeys.
+    pending_outbound = False
+
     @abc.abstractmethod
     def install(self, pair: IpsecSaPair) -> None:
         """Add the pair: its inbound SA is valid at once and outbound traffic

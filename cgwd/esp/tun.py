@@ -60,6 +60,7 @@ class TunDevice:
                 address=str(inside.ip),
                 prefixlen=inside.network.prefixlen,
             )
+            _disable_ipv6(self.ifname)
             await ipr.link("set", index=self.index, state="up")
         finally:
             ipr.close()
@@ -78,6 +79,16 @@ class TunDevice:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _disable_ipv6(ifname: str) -> None:
+    """The tunnel carries IPv4 only: no link-local address, no router solicitations that
+    the data path would have to drop and count (best effort: no IPv6 in the kernel is fine)."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
 
 
 def interface_exists(ifname: str) -> bool:

@@ -51,12 +51,14 @@ UDP_SEGMENT = 103
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000  # UDP payload of one GSO send (IPv4 limit 65507)
 _U16 = struct.Struct("=H")
+# counters kept across rekeys in stats()["totals"] (current pairs + removed ones)
+TOTAL_KEYS = ("packets_in", "packets_out", "bytes_in", "bytes_out", "replay_drops", "auth_failures")
 
 
 class _Entry:
     """Everything the hot path needs for one installed pair."""
 
-    __slots__ = ("sa", "enc", "dec", "sel_out", "sel_in", "dest", "udp", "in_c", "out_c")
+    __slots__ = ("sa", "enc", "dec", "sel_out", "sel_in", "dest", "udp", "in_c", "out_c", "pending_out")
 
     def __init__(self, sa: SaPair) -> None:
         p = sa.pair
@@ -69,10 +71,12 @@ class _Entry:
         self.dest = (p.remote_address, p.remote_port if p.udp_encap else 0)
         self.in_c = sa.inbound.counters
         self.out_c = sa.outbound.counters
+        self.pending_out = False  # installed inbound only; outbound waits (activate_outbound)
 
 
 class UserspaceDatapath(Datapath):
     kind = "userspace"
+    pending_outbound = True
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -83,6 +87,7 @@ class UserspaceDatapath(Datapath):
         self._raw: socket.socket | None = None
         self._entries: dict[int, _Entry] = {}  # spi_in -> entry, in install order
         self._out: _Entry | None = None
+        self._retired = dict.fromkeys(TOTAL_KEYS, 0)  # counts of pairs already removed
         self._drops: dict[str, int] = {}
         self._closed = False
         self._gso = True  # try UDP GSO batches until the kernel says no
@@ -123,7 +128,11 @@ class UserspaceDatapath(Datapath):
             self._tun_fd = None
 
     # ------------------------------------------------------------------ SAs
-    def install(self, pair: IpsecSaPair) -> None:
+    def install(self, pair: IpsecSaPair, *, outbound: bool = True) -> None:
+        """Install a pair. ``outbound=False``: receive on it at once but keep sending on the
+        current pair until the peer's first authenticated packet on the new one arrives (it
+        has the pair then) or ``activate_outbound`` is called: make-before-break for rekeys
+        we start, whose responder installs the pair only after our last quick-mode message."""
         if pair.spi_in in self._entries:
             raise ValueError(f"SA with inbound SPI 0x{pair.spi_in:08x} already installed")
         if pair.udp_encap and self.send_udp is None:
@@ -132,19 +141,45 @@ class UserspaceDatapath(Datapath):
         if not pair.udp_encap:
             self._ensure_raw_socket(pair.local_address)
         self._entries[pair.spi_in] = entry
-        self._out = entry
-        log.info("%s: installed %s", self.name, pair.describe())
+        if outbound or self._out is None:
+            self._out = entry
+            log.info("%s: installed %s", self.name, pair.describe())
+        else:
+            entry.pending_out = True
+            log.info("%s: installed %s (inbound; outbound when the peer uses it)", self.name, pair.describe())
+
+    def activate_outbound(self, spi_in: int, why: str = "") -> bool:
+        """Send on this pair from now on (no-op for an unknown SPI)."""
+        e = self._entries.get(spi_in)
+        if e is None:
+            return False
+        if e.pending_out or self._out is not e:
+            e.pending_out = False
+            self._out = e
+            log.info("%s: outbound now on SPI 0x%08x%s", self.name, e.sa.spi_out, f" ({why})" if why else "")
+        return True
 
     def remove(self, spi_in: int) -> None:
         entry = self._entries.pop(spi_in, None)
         if entry is None:
             return
+        self._retire(entry)
         if self._out is entry:
-            # fall back to the newest remaining pair (installed last)
+            # fall back to the newest remaining pair (installed last), pending or not:
+            # there is nothing else to send on
             self._out = next(reversed(self._entries.values()), None)
+            if self._out is not None:
+                self._out.pending_out = False
         log.info("%s: removed %s", self.name, entry.sa.pair.describe())
 
+    def _retire(self, entry: _Entry) -> None:
+        st = entry.sa.stats()
+        for k in TOTAL_KEYS:
+            self._retired[k] += int(st.get(k) or 0)
+
     def remove_all(self) -> None:
+        for entry in self._entries.values():
+            self._retire(entry)
         self._entries.clear()
         self._out = None
 
@@ -157,6 +192,7 @@ class UserspaceDatapath(Datapath):
         self._drops[reason] = self._drops.get(reason, 0) + 1
 
     def stats(self) -> dict:
+        sas = [e.sa.stats() for e in self._entries.values()]
         return {
             "kind": self.kind,
             "ifname": self.ifname,
@@ -164,7 +200,8 @@ class UserspaceDatapath(Datapath):
             "mtu": self.mtu,
             "mss": self.mss,
             "active_spi_out": f"0x{self._out.sa.spi_out:08x}" if self._out else None,
-            "sas": [e.sa.stats() for e in self._entries.values()],
+            "sas": sas,
+            "totals": {k: self._retired[k] + sum(int(x.get(k) or 0) for x in sas) for k in TOTAL_KEYS},
             "drops": dict(self._drops),
             "gso_sends": self.gso_sends,
         }
@@ -248,6 +285,8 @@ class UserspaceDatapath(Datapath):
             nh, inner = e.dec.decrypt(data)
         except EspDrop:
             return  # counted on the SA
+        if e.pending_out:  # the peer sends on the new pair (authenticated): it has it
+            self.activate_outbound(e.sa.pair.spi_in, "peer uses it")
         if nh != NEXT_HEADER_IPV4:
             e.in_c.drop("dummy" if nh == NEXT_HEADER_NONE else "next_header")
             return

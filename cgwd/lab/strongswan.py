@@ -262,6 +262,10 @@ def list_sas_parsed(text: str) -> list[dict]:
         if m:
             cur["children"].append({"name": m.group(1), "state": m.group(3), "mode": m.group(4),
                                     "proto": m.group(5), "lines": [line]})
-        elif cur["children"] and line.startswith("      "):
-            cur["children"][-1]["lines"].append(line)
+        elif cur["children"] and line.startswith("    "):  # a child's own lines: 4 spaces
+            child = cur["children"][-1]
+            child["lines"].append(line)
+            m = re.match(r"^\s+(in|out)\s+([0-9a-f]{8})(?:_i)?(?:\s+([0-9a-f]{8})_o)?", line)
+            if m:
+                child[f"spi_{m.group(1)}"] = m.group(2)
     return sas

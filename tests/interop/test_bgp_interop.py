@@ -32,7 +32,7 @@ def established(lab, names=None):
 
 
 def routes_via(lab):
-    """prefix -> set of devices, for our protocol-196 routes."""
+    """prefix -> set of devices, for our protocol-157 routes."""
     out = {}
     prefix = None
     for line in lab.kernel_routes().splitlines():
@@ -98,7 +98,7 @@ def test_bird_withdraw_and_reconcile_after_route_removed():
         lab.start_cgwd(extra={"reconcile_interval": 1})
         wait_for(lambda: len(routes_via(lab)) == 2, 40, what="two VPC prefixes installed")
         # someone deletes our route: reconciliation re-adds it
-        nsexec(lab.cgw, "ip", "route", "del", "10.101.0.0/16", "proto", "196")
+        nsexec(lab.cgw, "ip", "route", "del", "10.101.0.0/16", "proto", "157")
         wait_for(lambda: "10.101.0.0/16" in routes_via(lab), 10, what="route re-added")
         # interface flap: the kernel drops routes through it, reconciliation re-adds them
         nsexec(lab.cgw, "ip", "link", "set", "bgpv1", "down")
@@ -158,8 +158,7 @@ def test_gobgp_four_octet_asn():
 
 
 need_frr = pytest.mark.skipif(not os.path.exists("/usr/lib/frr/bgpd") or not shutil.which("vtysh"),
-                              reason="frr not installed (not in install-deps.sh: Debian's frr maps "
-                                     "protocol 196, cgwd's route protocol, to 'static' in rt_protos.d)")
+                              reason="frr not installed (optional: apt-get install frr)")
 
 
 @need_frr

@@ -30,13 +30,13 @@ def ip(*a):
     return subprocess.run(["ip", *a], capture_output=True, text=True, check=True).stdout
 
 def ours(fam="-4"):
-    return sorted(l.strip() for l in ip(fam, "route", "show", "proto", "196").splitlines()
+    return sorted(l.strip() for l in ip(fam, "route", "show", "proto", "157").splitlines()
                   if not l.startswith("\t") and l.strip())
 
 NH1 = (NextHop("t1", "bgpv1", "169.254.10.1"),)
 NH2 = (NextHop("t2", "bgpv2", "169.254.11.1"),)
 MODE = sys.argv[1]
-k = KernelRoutes(254, 100, 196)
+k = KernelRoutes(254, 100, 157)
 k._batch_ok = MODE == "batched"
 out = {}
 # a foreign (static) route with the same prefix and metric: a conflict, never touched
@@ -53,7 +53,7 @@ out["failed"] = sorted(k.failed)
 out["v4"] = len(ours())
 out["v6"] = ours("-6")
 out["default"] = [l for l in ours() if l.startswith("default")]
-out["ecmp"] = ip("route", "show", "10.99.0.0/16", "proto", "196")
+out["ecmp"] = ip("route", "show", "10.99.0.0/16", "proto", "157")
 # replace (delete + add of the same prefix in one batch) and removals, plus more adds
 rep = {f"10.64.{i}.0/24": NH2 for i in range(100)}
 k.apply(RibChanges(replace=rep, remove=[f"10.64.{i}.0/24" for i in range(150, 200)],

@@ -291,4 +291,4 @@ router bgp {local_as}
         return self.status()
 
     def kernel_routes(self, *extra) -> str:
-        return nsexec(self.cgw, "ip", "route", "show", "proto", "196", *extra).stdout
+        return nsexec(self.cgw, "ip", "route", "show", "proto", "157", *extra).stdout

@@ -25,7 +25,7 @@ def _links(lab) -> list[str]:
 
 
 def _our_routes(lab) -> str:
-    return lab.cgw.ip("route show proto 196", check=False).stdout.strip()
+    return lab.cgw.ip("route show proto 157", check=False).stdout.strip()
 
 
 def _bring_up(lab, config=None, timeout=45):
@@ -58,7 +58,7 @@ def test_cgwd_brings_up_both_tunnels_from_aws_xml(lab_factory, nat):
         assert "ESP:AES_CBC-128/HMAC_SHA1_96/MODP_1024" in child["lines"][0]
         assert "10.200.0.0/24" in t.bird.routes("cgw"), "the on-prem prefix must reach AWS's BGP"
     # The kernel route cgwd installed, through the tunnel interface to AWS's inside address.
-    assert re.search(r"10\.100\.0\.0/16 via 169\.254\.(10|20)\.1 dev cgw-\S+ proto 196", lab.cgw_routes())
+    assert re.search(r"10\.100\.0\.0/16 via 169\.254\.(10|20)\.1 dev cgw-\S+ proto 157", lab.cgw_routes())
     lab.wait_ping(20)
     assert lab.ping(5)
     st = cgwctl_status(lab, as_json=True)
@@ -95,7 +95,7 @@ def test_cgwd_restart_after_sigkill_cleans_up(lab_factory):
     # planted by hand, plus a route somebody else installed that must survive.
     lab.cgw.ip(f"tuntap add {ifnames[0]} mode tun")
     lab.cgw.ip(f"link set {ifnames[0]} up")
-    lab.cgw.ip("route add 10.99.0.0/16 dev lan0 proto 196")
+    lab.cgw.ip("route add 10.99.0.0/16 dev lan0 proto 157")
     lab.cgw.ip("route add 10.98.0.0/16 dev lan0 proto static")
     proc2, _ = _bring_up(lab, config, timeout=60)
     links = sorted(n for n in _links(lab) if n.startswith("cgw-"))

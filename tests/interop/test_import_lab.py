@@ -80,7 +80,7 @@ def test_aws_download_imports_and_brings_the_lab_up(lab_factory, fmt):
         assert [sa["state"] for sa in sas] == ["ESTABLISHED"]
         assert sas[0]["children"][0]["state"] == "INSTALLED"
         assert lab.spec.onprem_cidr in t.bird.routes("cgw"), f"aws{t.index} did not learn the on-prem prefix"
-    assert re.search(r"10\.100\.0\.0/16 via 169\.254\.(10|20)\.1 dev cgw-\S+ proto 196", lab.cgw_routes())
+    assert re.search(r"10\.100\.0\.0/16 via 169\.254\.(10|20)\.1 dev cgw-\S+ proto 157", lab.cgw_routes())
     lab.wait_ping(30)
     assert lab.ping(3)
 

@@ -231,14 +231,14 @@ class FakeIPR:
 
 def kernel():
     ipr = FakeIPR()
-    return ipr, KernelRoutes(254, 100, 196, iproute=ipr)
+    return ipr, KernelRoutes(254, 100, 157, iproute=ipr)
 
 
 def test_kernel_install_replace_remove_and_multipath():
     ipr, k = kernel()
     k.apply(RibChanges(add={VPC: (NH1,)}))
     assert ipr.routes[(VPC, 254, 100)]["gateway"] == "169.254.10.1"
-    assert ipr.routes[(VPC, 254, 100)]["oif"] == 5 and ipr.routes[(VPC, 254, 100)]["proto"] == 196
+    assert ipr.routes[(VPC, 254, 100)]["oif"] == 5 and ipr.routes[(VPC, 254, 100)]["proto"] == 157
     k.apply(RibChanges(replace={VPC: (NH1, NH2)}))
     assert len(ipr.routes[(VPC, 254, 100)]["multipath"]) == 2
     k.apply(RibChanges(remove=[VPC]))
@@ -264,7 +264,7 @@ def test_kernel_reconcile_readds_and_removes():
     ipr, k = kernel()
     k.apply(RibChanges(add={VPC: (NH1,), "10.101.0.0/16": (NH1,)}))
     del ipr.routes[(VPC, 254, 100)]                              # interface flap dropped it
-    ipr.routes[("10.7.0.0/16", 254, 100)] = {"dst": "10.7.0.0/16", "proto": 196}   # leftover of ours
+    ipr.routes[("10.7.0.0/16", 254, 100)] = {"dst": "10.7.0.0/16", "proto": 157}   # leftover of ours
     stats = k.reconcile({VPC: (NH1,), "10.101.0.0/16": (NH1,)})
     assert stats["added"] == 1 and stats["removed"] == 1
     assert set(d for d, _t, _p in ipr.routes) == {VPC, "10.101.0.0/16"}
@@ -276,17 +276,17 @@ def test_kernel_reconcile_readds_and_removes():
 
 def test_kernel_flush_stale_only_ours():
     ipr, k = kernel()
-    ipr.routes[("10.7.0.0/16", 254, 100)] = {"dst": "10.7.0.0/16", "proto": 196}
+    ipr.routes[("10.7.0.0/16", 254, 100)] = {"dst": "10.7.0.0/16", "proto": 157}
     ipr.routes[("10.8.0.0/16", 254, 100)] = {"dst": "10.8.0.0/16", "proto": 3}
     assert k.flush_stale() == 1
     assert list(ipr.routes) == [("10.8.0.0/16", 254, 100)]
-    assert all(d["proto"] == 196 for d in ipr.deleted)
+    assert all(d["proto"] == 157 for d in ipr.deleted)
 
 
 def test_kernel_usable_from_inside_event_loop():
     import asyncio
     ipr, k = kernel()
-    ipr.routes[("10.7.0.0/16", 254, 100)] = {"dst": "10.7.0.0/16", "proto": 196}
+    ipr.routes[("10.7.0.0/16", 254, 100)] = {"dst": "10.7.0.0/16", "proto": 157}
 
     async def main():
         return k.flush_stale()

@@ -104,3 +104,22 @@ def test_psk_never_in_output(tmp_path, data_path, write_cfg):
     text = "\n".join(outs)
     for psk in (PSK1, PSK2, "Iw2IAN9XUsQeYUrkMGP3kP59ugFDkfHg", "uoAp_DrEd9VMwfygsBfTlyT46GYCpe4_"):
         assert psk not in text
+
+
+def test_status_marks_receive_only_and_rekeyed_pairs():
+    import copy
+
+    from cgwd.status_format import format_status
+
+    st = copy.deepcopy(SAMPLE)
+    t = st["tunnels"][0]
+    cur = t["ipsec"]["sas"][0]
+    cur["outbound"] = True
+    new = dict(cur, spi_in="c7654321", spi_out="0badcafe", outbound=False)
+    old = dict(cur, spi_in="c0000001", spi_out="0bad0001", outbound=False, state="rekeyed")
+    t["ipsec"]["sas"] = [old, cur, new]
+    lines = [l for l in format_status(st).splitlines() if "ESP SA" in l]
+    by_spi = {spi: next(l for l in lines if spi in l) for spi in ("c0000001", "c1234567", "c7654321")}
+    assert "[rekeyed: receive only]" in by_spi["c0000001"]
+    assert "receive only" not in by_spi["c1234567"]
+    assert by_spi["c7654321"].rstrip().count("[receive only]") == 1

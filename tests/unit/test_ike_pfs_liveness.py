@@ -202,19 +202,40 @@ def test_short_lifetimes_only_when_asked_for():
 
 
 class _FakeDatapath:
+    """Records calls; models the outbound choice of a data path with pending_outbound."""
+
     kind = "userspace"
+    pending_outbound = True
 
     def __init__(self):
-        self.calls: list[tuple[str, int]] = []
+        self.calls: list[tuple] = []
+        self.installed: list[int] = []
+        self.out: int | None = None
 
-    def install(self, pair):
-        self.calls.append(("install", pair.spi_in))
+    def install(self, pair, *, outbound=True):
+        self.calls.append(("install", pair.spi_in, outbound))
+        self.installed.append(pair.spi_in)
+        if outbound or self.out is None:
+            self.out = pair.spi_in
+
+    def activate_outbound(self, spi_in, why=""):
+        if spi_in not in self.installed:
+            return False
+        self.calls.append(("activate", spi_in))
+        self.out = spi_in
+        return True
 
     def remove(self, spi_in):
         self.calls.append(("remove", spi_in))
+        if spi_in in self.installed:
+            self.installed.remove(spi_in)
+        if self.out == spi_in:
+            self.out = self.installed[-1] if self.installed else None
 
     def remove_all(self):
         self.calls.append(("remove_all", 0))
+        self.installed.clear()
+        self.out = None
 
     def receive_esp(self, data, remote):
         self.calls.append(("esp", int.from_bytes(data[:4], "big")))
@@ -253,7 +274,9 @@ def _tunnel():
     return d, t
 
 
-def test_our_rekey_switches_when_the_peer_uses_the_new_pair(monkeypatch):
+def test_our_rekey_installs_receive_only_then_switches(monkeypatch):
+    # the switch on the peer's first packet is the data path's (test_esp_datapath.py);
+    # the daemon installs our rekey's pair receive-only and activates it after the grace time
     import asyncio
 
     import cgwd.daemon as daemon_mod
@@ -263,51 +286,36 @@ def test_our_rekey_switches_when_the_peer_uses_the_new_pair(monkeypatch):
 
     async def scenario():
         d, t = _tunnel()
-        remote = (str(t.cfg.remote_address), 4500)
+        dp = t.datapath
         t.on_ike_event(IpsecSaUp(_pair(0x1000), initiator=True))  # the first pair: at once
-        assert t.datapath.calls == [("install", 0x1000)]
-        t.on_ike_event(IpsecSaUp(_pair(0x2000, 0x1000), initiator=True))  # our rekey: held
-        assert t.datapath.calls == [("install", 0x1000)] and 0x2000 in t.held
-        d._on_udp_esp((0x1000).to_bytes(4, "big") + bytes(20), remote)  # old SA: still held
-        assert 0x2000 in t.held
-        d._on_udp_esp((0x2000).to_bytes(4, "big") + bytes(20), remote)  # the peer uses the new one
-        assert t.datapath.calls[-2:] == [("install", 0x2000), ("esp", 0x2000)]
-        assert not t.held and set(t.pairs) == {0x1000, 0x2000}
-        # no peer traffic: the grace time switches
-        t.on_ike_event(IpsecSaUp(_pair(0x3000, 0x2000), initiator=True))
-        assert ("install", 0x3000) not in t.datapath.calls
+        assert dp.calls == [("install", 0x1000, True)] and dp.out == 0x1000
+        t.on_ike_event(IpsecSaUp(_pair(0x2000, 0x1000), initiator=True))  # our rekey
+        assert dp.calls[-1] == ("install", 0x2000, False) and dp.out == 0x1000
+        assert set(t.pairs) == {0x1000, 0x2000}
+        await asyncio.sleep(0.4)  # no sign of the peer: the grace time switches
+        assert dp.calls[-1] == ("activate", 0x2000) and dp.out == 0x2000
+        # the peer's rekey (we responded): the peer has it already, outbound at once
+        t.on_ike_event(IpsecSaUp(_pair(0x4000, 0x2000), initiator=False))
+        assert dp.calls[-1] == ("install", 0x4000, True) and dp.out == 0x4000
+        # raw ESP (no NAT-T) too: the data path sees its inbound ESP itself
+        t.on_ike_event(IpsecSaUp(_pair(0x5000, 0x4000, udp=False), initiator=True))
+        assert dp.calls[-1] == ("install", 0x5000, False) and dp.out == 0x4000
+        # a pending pair deleted before its grace time: its timer does nothing
+        t.on_ike_event(IpsecSaDown(0x5000, 0x5001, "expired"))
         await asyncio.sleep(0.4)
-        assert ("install", 0x3000) in t.datapath.calls and not t.held
-        # the peer's rekey (we responded): the peer has it already, installed at once
-        t.on_ike_event(IpsecSaUp(_pair(0x4000, 0x3000), initiator=False))
-        assert t.datapath.calls[-1] == ("install", 0x4000)
-        # the last pair deleted while ours is held: switch at once
-        for spi in (0x1000, 0x2000, 0x3000):
-            t.on_ike_event(IpsecSaDown(spi, spi + 1, "rekeyed"))
-        t.on_ike_event(IpsecSaUp(_pair(0x5000, 0x4000), initiator=True))
-        assert 0x5000 in t.held
-        t.on_ike_event(IpsecSaDown(0x4000, 0x4001, "deleted by peer"))
-        assert t.datapath.calls[-2:] == [("remove", 0x4000), ("install", 0x5000)]
-        # a held pair that dies before use is never installed, and its timer does nothing
-        t.on_ike_event(IpsecSaUp(_pair(0x6000, 0x5000), initiator=True))
-        t.on_ike_event(IpsecSaDown(0x6000, 0x6001, "expired"))
-        await asyncio.sleep(0.4)
-        assert ("install", 0x6000) not in t.datapath.calls and 0x5000 in t.pairs
-        # raw ESP (no NAT-T) is not seen by the daemon first: installed at once
-        t.on_ike_event(IpsecSaUp(_pair(0x7000, 0x5000, udp=False), initiator=True))
-        assert t.datapath.calls[-1] == ("install", 0x7000)
-        # a pair that lost a rekey collision (IKE keeps it as "rekeyed") stays on standby,
-        # also after the grace time, until the peer sends on it
+        assert ("activate", 0x5000) not in dp.calls and dp.out == 0x4000
+        # a pair that lost a rekey collision (IKE keeps it as "rekeyed") stays receive-only,
+        # also after the grace time, unless the peer sends on it (the data path's switch)
         t.peer = type("P", (), {"child_state": staticmethod(lambda spi: "rekeyed" if spi in (0x8000, 0x9000)
                                                             else "installed")})()
-        t.on_ike_event(IpsecSaUp(_pair(0x8000, 0x7000), initiator=False))
-        t.on_ike_event(IpsecSaUp(_pair(0x9000, 0x7000), initiator=True))
+        t.on_ike_event(IpsecSaUp(_pair(0x8000, 0x4000), initiator=False))
+        t.on_ike_event(IpsecSaUp(_pair(0x9000, 0x4000), initiator=True))
         await asyncio.sleep(0.4)
-        assert set(t.held) == {0x8000, 0x9000} and t.datapath.calls[-1] == ("install", 0x7000)
-        d._on_udp_esp((0x8000).to_bytes(4, "big") + bytes(20), remote)
-        assert t.datapath.calls[-2:] == [("install", 0x8000), ("esp", 0x8000)]
-        t.on_ike_event(IpsecSaDown(0x9000, 0x9001, "rekeyed"))
-        assert not t.held
+        assert dp.calls[-2:] == [("install", 0x8000, False), ("install", 0x9000, False)]
+        assert dp.out == 0x4000
+        # the last active pair deleted: the data path falls back to what it has
+        t.on_ike_event(IpsecSaDown(0x4000, 0x4001, "deleted by peer"))
+        assert dp.out == 0x9000 and t.ipsec_up_since is not None
 
     asyncio.run(scenario())
 
