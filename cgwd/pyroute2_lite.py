@@ -60,8 +60,11 @@ def install() -> bool:
         if state["loader"] == threading.get_ident() or is_submodule(name):
             raise AttributeError(name)
         if name in LIGHT_NAMES and not state["full"]:
-            from pyroute2.iproute import linux
-            return getattr(linux, name)
+            try:
+                from pyroute2.iproute import linux
+                return getattr(linux, name)
+            except (ImportError, AttributeError):
+                pass  # another pyroute2 layout: fall back to the whole package
         if not state["full"]:
             full_load()
             if name in pkg.__dict__:

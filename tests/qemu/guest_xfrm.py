@@ -272,10 +272,10 @@ def check_tunnels(R: Results, scen: str, lab, nat: bool, algs: dict, *, suffix: 
         R.check(scen, f"{key}: BGP established (cgwd and the AWS BIRD)",
                 t["bgp"]["state"] == "established" and bird_ok, (t["bgp"], bird_ok))
         per_if[ifn] = {"tag": tag, "spis": (spi_in, spi_out)}
-    # -N: numeric protocol (FRR's rt_protos.d names 196 "static")
+    # -N: numeric protocol ids, whatever names rt_protos.d gives them
     routes = lab.cgw.ip(f"-N route show {lab.spec.vpc_cidr}", check=False).stdout
     R.check(scen, "VPC route in the kernel through an xfrm interface" + suffix,
-            re.search(r"10\.100\.0\.0/16 via 169\.254\.\d+\.1 dev cgw-\S+ proto 196", routes), routes)
+            re.search(r"10\.100\.0\.0/16 via 169\.254\.\d+\.1 dev cgw-\S+ proto 157", routes), routes)
     return per_if
 
 
@@ -342,9 +342,9 @@ def cleanup_checks(R: Results, scen: str, lab, what: str) -> None:
     R.check(scen, f"{what}: no cgw-* interfaces left", not [n for n in links(lab) if n.startswith("cgw-")],
             links(lab))
     R.check(scen, f"{what}: no TCP MSS rules left", not mss_rules(lab), mss_rules(lab))
-    R.check(scen, f"{what}: no routes with cgwd's protocol (196) left",
-            not lab.cgw.ip("route show proto 196", check=False).stdout.strip(),
-            lab.cgw.ip("route show proto 196", check=False).stdout)
+    R.check(scen, f"{what}: no routes with cgwd's protocol (157) left",
+            not lab.cgw.ip("route show proto 157", check=False).stdout.strip(),
+            lab.cgw.ip("route show proto 157", check=False).stdout)
 
 
 def scenario(R: Results, scen: str, *, nat: bool, tunnels: int, prefix: str, full: bool, algs: dict) -> None:

@@ -12,18 +12,7 @@ from cgwd.bgp.session import BgpPeerConfig, BgpSession
 from cgwd.bgp.speaker import FAST_CONNECT_ATTEMPTS, BgpSpeaker
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait(pred, timeout):
-    end = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError("timeout")
-        await asyncio.sleep(0.02)
+from loopback_helpers import free_port, wait
 
 
 def pair(port, connect_retry):

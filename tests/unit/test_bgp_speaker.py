@@ -1,6 +1,5 @@
 """asyncio adapter over loopback: both sides active (collision), big feed, stop."""
 import asyncio
-import socket
 
 
 from cgwd.bgp.message import Route
@@ -9,18 +8,7 @@ from cgwd.bgp.session import (BgpPeerConfig, BgpSession, EndOfRib, RoutesReceive
 from cgwd.bgp.speaker import BgpSpeaker
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait(pred, timeout):
-    end = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError("timeout")
-        await asyncio.sleep(0.02)
+from loopback_helpers import free_port, wait
 
 
 def make(local, remote, lasn, rasn, rid, port, events, hold=9, passive=False):
