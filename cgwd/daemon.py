@@ -373,7 +373,8 @@ class Tunnel:
                       # data path keeps them ("totals"); else those of the current SAs
                       **{k: int((dp.get("totals") or {}).get(k, sum(s[k] for s in sas)))
                          for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")},
-                      "datapath": dp.get("kind"), "drops": dp.get("drops", {})},
+                      "datapath": dp.get("kind"), "drops": dp.get("drops", {}),
+                      "mss": dp.get("mss"), "mss_clamp": dp.get("mss_clamp")},
             "dpd": {"interval": c.dpd_interval, "retries": c.dpd_retries, "action": c.dpd_action,
                     "last_seen": mono_to_wall(dpd.get("last_seen")),
                     "outstanding": dpd.get("outstanding", 0)},

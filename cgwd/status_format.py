@@ -108,6 +108,9 @@ def hints_for_tunnel(t: dict, now: float | None = None) -> list[str]:
         if sa.get("auth_failures", 0) > 0:
             hints.append(f"{sa['auth_failures']} ESP packets failed authentication (SPI {sa.get('spi_in', '?')}): keys out of sync — try `cgwctl rekey {t.get('name', '')}`")
             break
+    clamp = ipsec.get("mss_clamp")
+    if isinstance(clamp, str) and clamp.startswith("off:") and "mss = 0" not in clamp:
+        hints.append(f"TCP MSS clamping is {clamp}: large TCP segments depend on ICMP reaching the sender")
     if not _bgp_up(t):
         state = bgp.get("state", "idle")
         msg = f"IPsec up but BGP {state}: check that {bgp.get('peer', 'the AWS inside address')} answers on TCP 179 through the tunnel and the ASNs (local {bgp.get('local_asn', '?')}, AWS {bgp.get('remote_asn', '?')})"

@@ -123,3 +123,16 @@ def test_status_marks_receive_only_and_rekeyed_pairs():
     assert "[rekeyed: receive only]" in by_spi["c0000001"]
     assert "receive only" not in by_spi["c1234567"]
     assert by_spi["c7654321"].rstrip().count("[receive only]") == 1
+
+
+def test_hint_when_the_kernel_path_could_not_clamp_mss():
+    import copy
+
+    from cgwd.status_format import hints_for_tunnel
+
+    t = copy.deepcopy(SAMPLE["tunnels"][0])
+    assert not any("MSS" in h for h in hints_for_tunnel(t))
+    t["ipsec"]["mss_clamp"] = "off: iptables not found (TCP relies on path MTU discovery)"
+    assert any("MSS clamping is off: iptables not found" in h for h in hints_for_tunnel(t))
+    t["ipsec"]["mss_clamp"] = "off: mss = 0 in the configuration"  # the operator's choice
+    assert not any("MSS" in h for h in hints_for_tunnel(t))
