@@ -343,7 +343,8 @@ class Tunnel:
             sas.append({
                 "spi_in": sa["spi_in"], "spi_out": sa["spi_out"], "algorithms": sa["algorithms"],
                 "udp_encap": sa["udp_encap"], "state": sa.get("state"),
-                "outbound": _same_spi(sa.get("spi_out"), dp.get("active_spi_out")),
+                # None where the data path does not say which pair sends (kernel: the newest)
+                "outbound": _same_spi(sa.get("spi_out"), dp["active_spi_out"]) if "active_spi_out" in dp else None,
                 **{k: d.get(k, 0) for k in ("packets_in", "packets_out", "bytes_in", "bytes_out",
                                             "replay_drops", "auth_failures")},
                 "drops": d.get("drops", {}),

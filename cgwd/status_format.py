@@ -166,8 +166,8 @@ def _format_tunnel(t: dict, now: float) -> list[str]:
             encap = " UDP-encap" if sa.get("udp_encap") else ""
             role = ""
             if sa.get("state") == "rekeyed":
-                role = " [rekeyed: receive only]" if not sa.get("outbound") else " [rekeyed]"
-            elif "outbound" in sa and not sa.get("outbound"):
+                role = " [rekeyed: receive only]" if sa.get("outbound") is False else " [rekeyed]"
+            elif sa.get("outbound") is False:  # None: the data path does not say (kernel)
                 role = " [receive only]"
             out.append(_line("ESP SA", f"in {sa.get('spi_in', '-')} / out {sa.get('spi_out', '-')} {sa.get('algorithms', '-')}{encap}{role}, up {_since(now, sa.get('established_at'))}, rekey {_until(now, sa.get('rekey_at'))}, expires {_until(now, sa.get('expires_at'))}"))
             out.append(_line("", f"in {_num(sa.get('packets_in'))} pkts {_bytes(sa.get('bytes_in'))}, out {_num(sa.get('packets_out'))} pkts {_bytes(sa.get('bytes_out'))}, replay drops {sa.get('replay_drops', 0)}, auth failures {sa.get('auth_failures', 0)}"))

@@ -123,6 +123,11 @@ def test_status_marks_receive_only_and_rekeyed_pairs():
     assert "[rekeyed: receive only]" in by_spi["c0000001"]
     assert "receive only" not in by_spi["c1234567"]
     assert by_spi["c7654321"].rstrip().count("[receive only]") == 1
+    for sa in t["ipsec"]["sas"]:  # the kernel data path does not say which pair sends
+        sa["outbound"] = None
+    lines = [l for l in format_status(st).splitlines() if "ESP SA" in l]
+    assert not any("receive only" in l for l in lines)
+    assert "[rekeyed]" in next(l for l in lines if "c0000001" in l)
 
 
 def test_hint_when_the_kernel_path_could_not_clamp_mss():
