@@ -22,7 +22,6 @@ import time
 from . import __version__
 from .bgp import message as bgpmsg
 from .bgp.kernel import KernelRoutes
-from .bgp.policy import ImportPolicy as BgpImportPolicy
 from .bgp.routing import RoutingTable
 from .bgp.session import BgpPeerConfig, BgpSession, SessionDown, SessionUp
 from .bgp.speaker import BgpSpeaker
@@ -37,12 +36,6 @@ from .logging_setup import register_secret, setup_logging
 from .sdnotify import SdNotifier
 
 log = logging.getLogger("cgwd")
-
-
-def _bgp_import_policy(vpn: VpnConfig) -> BgpImportPolicy:
-    """The VPN's import policy (config and BGP share cgwd.bgp.policy.ImportPolicy; the
-    config already excludes the advertised prefixes; this makes sure of it)."""
-    return vpn.import_policy.with_own(str(p) for p in vpn.advertise)
 
 
 ESP_LIVENESS_INTERVAL = 1.0  # seconds between looks at the data path's inbound counters
@@ -478,7 +471,7 @@ class Daemon:
             d = self.config.daemon
             routing = RoutingTable(
                 kernel=KernelRoutes(d.route_table, d.route_metric, d.route_protocol), ecmp=vpn.ecmp,
-                import_policy=_bgp_import_policy(vpn), max_prefix=vpn.max_prefix,
+                import_policy=vpn.import_policy,  # refuses our own prefixes (config) max_prefix=vpn.max_prefix,
                 max_prefix_action=vpn.max_prefix_action, own_prefixes=[str(p) for p in vpn.advertise])
             self.routing[vpn.name] = routing
         t = Tunnel(self, cfg, routing, index)
