@@ -3,7 +3,7 @@
 
 Run as root (builds labs in network namespaces bu<pid>*, removed at exit):
 
-    .venv/bin/python bench/bringup_memory.py [--rounds 2] [--tunnels 2] [--json OUT]
+    .venv/bin/python bench/bringup_memory.py [--rounds 2] [--tunnels 2] [--ike 2] [--json OUT]
 
 Each round builds a fresh lab (two AWS endpoints: strongSwan + BIRD AS 64512) per stack, so
 both stacks face the same AWS side from the same starting state; rounds alternate the order.
@@ -377,8 +377,11 @@ def import_time(runs: int = 3) -> float:
     return best
 
 
+IKE_VERSION = 1  # --ike 2: the AWS endpoints, cgwd and the reference charon speak IKEv2
+
+
 def one(stack: str, prefix: str, tunnels: int) -> dict:
-    lab = Lab(LabSpec(prefix=prefix, tunnels=tunnels))
+    lab = Lab(LabSpec(prefix=prefix, tunnels=tunnels, ike_version=IKE_VERSION))
     try:
         lab.up()
         time.sleep(1.0)  # let the AWS side settle (BIRD listening, charons idle)
@@ -404,14 +407,16 @@ def main() -> int:
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--tuned-reference", action="store_true",
                     help="the reference BIRD with `connect delay time 1` (BIRD's minimum; default 5 s)")
+    ap.add_argument("--ike", type=int, choices=(1, 2), default=1, help="IKE version of every side (default 1)")
     ap.add_argument("--full-pyroute2", action="store_true",
                     help="A/B: start cgwd with the whole pyroute2 package imported (before pyroute2_lite)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    global FULL_PYROUTE2, REF_CONNECT_DELAY
+    global FULL_PYROUTE2, REF_CONNECT_DELAY, IKE_VERSION
     FULL_PYROUTE2 = args.full_pyroute2
+    IKE_VERSION = args.ike
     REF_CONNECT_DELAY = 1 if args.tuned_reference else None
     compile_cgwd()
     tag = f"bu{os.getpid() % 1000}"
@@ -451,7 +456,7 @@ def main() -> int:
         "rss_ratio": statistics.median(c_rss) / statistics.median(r_rss),
         "import_cgwd_daemon_s": imp, "tunnels": args.tunnels,
         "rounds": args.rounds, "full_pyroute2": args.full_pyroute2,
-        "tuned_reference": args.tuned_reference,
+        "tuned_reference": args.tuned_reference, "ike_version": IKE_VERSION,
     }
     print()
     print(f"bring-up (median of {args.rounds}): cgwd {summary['bringup_cgwd_s']:.3f}s, reference "

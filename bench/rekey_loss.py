@@ -1,6 +1,6 @@
 """Packets lost across phase-2 rekeys: cgwd vs. the reference stack, in the same run.
 
-    sudo .venv/bin/python bench/rekey_loss.py [--rate 1000] [--rekeys 10] [--spacing 6]
+    sudo .venv/bin/python bench/rekey_loss.py [--rate 1000] [--rekeys 10] [--spacing 6] [--ike 2]
 
 Builds the lab with one AWS endpoint (strongSwan + BIRD). A UDP flow of --rate packets/s
 with sequence numbers runs from the on-prem host (10.200.0.10) to a receiver on the VPC
@@ -12,7 +12,9 @@ then, in the same lab, with the reference stack (strongSwan + BIRD, `Lab.start_r
 
 Prints, per stack: packets sent, lost (never received), the loss bursts with their time
 relative to the nearest rekey, losses within 2 s of a rekey, and the ratio of losses
-cgwd / reference. Target: zero lost through cgwd.
+cgwd / reference. Target: zero lost through cgwd. ``--ike 2``: both sides speak IKEv2 (AWS's
+endpoint, cgwd configured from the describe-vpn-connections JSON, and the reference charon),
+so the rekeys are CREATE_CHILD_SA exchanges.
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ def main() -> int:
     ap.add_argument("--spacing", type=float, default=6.0, help="seconds between rekeys (default 6)")
     ap.add_argument("--both-ways", action="store_true",
                     help="a second flow VPC -> on-prem at the same rate, at the same time")
+    ap.add_argument("--ike", type=int, choices=(1, 2), default=1, help="IKE version of both sides (default 1)")
     ap.add_argument("--prefix", default=f"rk{os.getpid() % 1000}")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -215,10 +218,10 @@ def main() -> int:
 
     offsets = [3.0 + i * args.spacing for i in range(args.rekeys)]
     seconds = offsets[-1] + args.spacing
-    lab = Lab(LabSpec(prefix=args.prefix, tunnels=1))
+    lab = Lab(LabSpec(prefix=args.prefix, tunnels=1, ike_version=args.ike))
     results = {}
     try:
-        log(f"lab {args.prefix}: one AWS endpoint (strongSwan + BIRD); flow {args.rate:.0f} packets/s "
+        log(f"lab {args.prefix}: one AWS endpoint (strongSwan + BIRD, IKEv{args.ike}); flow {args.rate:.0f} packets/s "
             f"for {seconds:.0f}s, {args.rekeys} phase-2 rekeys {args.spacing:.0f}s apart, alternating sides")
         lab.up()
         aws = lab.tunnels[0].charon

@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import __version__
-from .config import DEFAULT_CONFIG, DEFAULT_SOCKET, ConfigError, load_config
+from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -24,11 +24,17 @@ commands:
                          what is missing (exit 3 if cgwd is not running)
   up TUNNEL              bring a tunnel up (initiate IKE now)
   down TUNNEL            tear a tunnel down and keep it down until `up`
-  rekey TUNNEL           negotiate a new IPsec SA pair for a tunnel now (no waiting an hour)
+  rekey TUNNEL [--ike]   negotiate a new IPsec SA pair for a tunnel now (no waiting an hour);
+                         --ike: a new IKE SA instead (IKEv1: re-authentication)
   reload                 re-read the config file; only changed tunnels restart
   config check FILE      validate a config file, print every problem at once
   import aws FILE ...    turn an AWS VPN configuration download into a cgwd config
   lab ...                the built-in lab (strongSwan + BIRD playing AWS)
+  health [--strict]      exit 0 up / 0 degraded (1 strict) / 1 down / 2 no cgwd: keepalived's
+                         track_script, with one line saying why
+  ha notify|check|status|keepalived
+                         high availability: keepalived notify hooks (the EC2 route-table
+                         takeover on MASTER), checks, the last transition, keepalived.conf
 """
 
 EPILOG = f"""\
@@ -47,6 +53,15 @@ Read what AWS hands out for a VPN connection and write a cgwd config (mode 0600)
   * `aws ec2 describe-vpn-connections` JSON (every connection becomes a [[vpn]]),
   * the console's "Download configuration" for Generic, Yamaha RTX, Cisco IOS/ASA.
 The format is detected automatically.  FILE may be - for standard input.
+
+IKE version: the JSON's IkeVersions (IKEv2 whenever AWS allows it), the Generic download's
+"IKE version" line, Yamaha's `ipsec ike version N 2`, Cisco's `crypto ikev2`; the XML says
+none, so it gives IKEv1 unless --ike-version 2 is passed.  The JSON's tunnel options (every
+algorithm, lifetime, rekey, replay and DPD setting, StartupAction) are read as they are.
+
+Static routing (no BGP): give the VPC's CIDRs with --static-route (repeatable); a static
+download without one fails and says so.  IPv6 VPN connections (/126 inside CIDRs, IPv6
+outside addresses) import like IPv4 ones.
 """
 
 
@@ -72,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("up", "bring TUNNEL up now"), ("down", "take TUNNEL down (until `up`)"), ("rekey", "negotiate a new IPsec (phase 2) SA pair for TUNNEL now")):
         sp = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         sp.add_argument("tunnel", metavar="TUNNEL", help="tunnel name as in the config ([[vpn.tunnel]] name)")
+        if name == "rekey":
+            sp.add_argument("--ike", action="store_true", help="a new IKE (phase 1) SA instead: IKEv2 rekeys it, IKEv1 re-authenticates (a new main mode)")
         sock_opt(sp)
     sp = sub.add_parser("reload", help="re-read the config; restart only changed tunnels", description="Ask cgwd to re-read its config file (like systemctl reload cgwd). Tunnels whose settings did not change keep running.")
     sock_opt(sp)
@@ -86,13 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     ip = isub.add_parser("aws", help="AWS XML/JSON/Generic/Yamaha/Cisco download -> cgwd TOML", description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ip.add_argument("file", metavar="FILE", help="the downloaded file, or - for standard input")
     ip.add_argument("--local-address", metavar="IP", help="this box's own outside address when it sits behind NAT (the address in the file becomes public_address)")
-    ip.add_argument("--advertise", metavar="CIDR", action="append", default=[], help="on-prem prefix to announce over BGP (repeatable)")
+    ip.add_argument("--advertise", metavar="CIDR", action="append", default=[], help="on-prem prefix to announce over BGP (repeatable; BGP VPN connections)")
+    ip.add_argument("--static-route", metavar="CIDR", action="append", default=[], dest="static_routes", help="the VPC's CIDR to route into the tunnels of a static VPN connection (repeatable; required for static downloads)")
+    ip.add_argument("--ike-version", metavar="N", type=int, choices=(1, 2), help="IKE version of every tunnel (1 or 2), e.g. 2 for the XML, which says none (default: what the download says; IKEv1 when it says nothing)")
     ip.add_argument("--name", metavar="NAME", help="name of the VPN connection in the config (default: the vpn-... id); tunnels become NAME-1, NAME-2")
     ip.add_argument("--merge", metavar="EXISTING", help="add the connection to this existing config, keeping its text unchanged; written back in place unless -o is given")
     ip.add_argument("-o", "--output", metavar="OUT", help="write the config here (mode 0600); '-' writes to standard output (it contains the pre-shared keys)")
 
     lp = sub.add_parser("lab", help="the built-in lab (see `cgwctl lab --help`)", add_help=False)
     lp.add_argument("lab_args", nargs=argparse.REMAINDER)
+
+    from .ha.cli import add_parsers as add_ha_parsers
+
+    add_ha_parsers(sub, sock_opt)
     return p
 
 
@@ -142,6 +165,8 @@ def cmd_simple(args, req: dict) -> int:
 
 
 def cmd_config_check(args) -> int:
+    from .config import ConfigError, load_config
+
     try:
         cfg = load_config(args.file)
     except ConfigError as e:
@@ -186,6 +211,7 @@ def cmd_import_aws(args) -> int:
         res = import_aws(
             text, local_address=args.local_address, advertise=args.advertise, name=args.name,
             merge_text=merge_text, merge_source=args.merge or "<existing>",
+            static_routes=args.static_routes, ike_version=args.ike_version,
         )
     except AwsImportError as e:
         _err(f"{src}: {e}")
@@ -193,6 +219,8 @@ def cmd_import_aws(args) -> int:
     print(f"detected: {FORMAT_NAMES.get(res.fmt, res.fmt)}", file=sys.stderr)
     for line in res.summary:
         print(line, file=sys.stderr)
+    for line in res.notes:
+        print(f"note: {line}", file=sys.stderr)
     if out == "-":
         sys.stdout.write(res.text)
         return EXIT_OK
@@ -203,7 +231,7 @@ def cmd_import_aws(args) -> int:
         return EXIT_FAIL
     what = "merged into" if args.merge and out == args.merge else "wrote"
     print(f"{what} {out} (mode 0600); check it with: cgwctl config check {out}", file=sys.stderr)
-    if not args.advertise:
+    if not args.advertise and not all(v.static for v in res.vpns):
         print("note: no --advertise given: set advertise = [...] to announce your on-prem prefixes", file=sys.stderr)
     return EXIT_OK
 
@@ -231,10 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return cmd_status(args)
-        if args.command in ("up", "down", "rekey"):
+        if args.command in ("up", "down"):
             return cmd_simple(args, {"cmd": args.command, "tunnel": args.tunnel})
+        if args.command == "rekey":
+            return cmd_simple(args, {"cmd": "rekey", "tunnel": args.tunnel, **({"sa": "ike"} if args.ike else {})})
         if args.command == "reload":
             return cmd_simple(args, {"cmd": "reload"})
+        if args.command in ("health", "ha"):
+            from .ha import cli as ha_cli
+
+            if args.command == "health":
+                return ha_cli.cmd_health(args, _socket_path(args))
+            return ha_cli.cmd_ha(args, parser)
         if args.command == "config":
             if args.config_cmd == "check":
                 return cmd_config_check(args)

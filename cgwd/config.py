@@ -22,13 +22,23 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass, field, fields
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
 
 from .bgp.policy import ImportPolicy
+from .ike.crypto import GROUP_BY_NAME, GROUP_NAMES
+from .ike.proposals import Proposal, parse_proposal
 
 __all__ = [
     "Config",
+    "ConfigChange",
+    "TUNNEL_IN_PLACE",
+    "TUNNEL_RESTART",
+    "VPN_IN_PLACE",
+    "VPN_RESTART",
+    "DAEMON_IN_PLACE",
+    "DAEMON_RESTART",
+    "daemon_changes",
     "ConfigError",
     "ConfigIssue",
     "DaemonConfig",
@@ -46,28 +56,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- constants
 
-#: strongSwan-style DH names -> IANA group numbers.
-DH_GROUPS: dict[str, int] = {
-    "modp1024": 2,
-    "modp1536": 5,
-    "modp2048": 14,
-    "modp3072": 15,
-    "modp4096": 16,
-    "modp6144": 17,
-    "modp8192": 18,
-    "ecp256": 19,
-    "ecp384": 20,
-    "ecp521": 21,
-    "modp1024s160": 22,
-    "modp2048s224": 23,
-    "modp2048s256": 24,
-}
-DH_NAMES: dict[int, str] = {v: k for k, v in DH_GROUPS.items()}
-IKE_DH_ALLOWED = frozenset([2, *range(14, 25)])  # AWS phase 1
-ESP_DH_ALLOWED = frozenset([2, 5, *range(14, 25)])  # AWS phase 2 (PFS)
-IKE_ENC = ("aes128", "aes256")
-ESP_ENC = ("aes128", "aes256", "aes128gcm16", "aes256gcm16")
-INTEG = ("sha1", "sha256", "sha384", "sha512")
+#: strongSwan-style DH names <-> IANA group numbers (the one table, cgwd.ike.crypto).
+DH_GROUPS: dict[str, int] = GROUP_BY_NAME
+DH_NAMES: dict[int, str] = GROUP_NAMES
 
 PSK_RULE = "must be 8-64 characters of [A-Za-z0-9._] and must not start with 0"
 _PSK_RE = re.compile(r"^[A-Za-z0-9._]{8,64}$")
@@ -86,12 +77,19 @@ RESERVED_INSIDE = tuple(
     )
 )
 LINK_LOCAL = IPv4Network("169.254.0.0/16")
+#: AWS takes IPv6 inside /126s from the unique-local fd00::/8 (TunnelInsideIpv6Cidr)
+INSIDE6 = IPv6Network("fd00::/8")
+LINK_LOCAL6 = IPv6Network("fe80::/10")
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+IPInterface = IPv4Interface | IPv6Interface
+#: AWS's TCP MSS for IPv6 inside traffic is 20 bytes below the IPv4 one (1379)
+DEFAULT_MSS = {4: 1379, 6: 1359}
 IFNAME_PREFIX = "cgw-"
 IFNAMSIZ = 15  # usable characters of a Linux interface name
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-DEFAULT_SOCKET = "/run/cgwd/cgwd.sock"
-DEFAULT_CONFIG = "/etc/cgwd/cgwd.toml"
+from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET  # noqa: E402,F401 - defined there, re-exported
 
 # ---------------------------------------------------------------------------- errors
 
@@ -123,69 +121,8 @@ class ConfigError(Exception):
 
 
 # ------------------------------------------------------------------------ proposals
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A parsed proposal string ``enc-integ-dh`` (integ omitted for GCM; dh optional for ESP)."""
-
-    text: str
-    encryption: str  # aes128|aes256|aes128gcm16|aes256gcm16
-    integrity: str | None  # sha1|sha256|sha384|sha512, None for GCM
-    dh: str | None  # strongSwan name, e.g. "modp1024"; for ESP: the PFS group or None
-    dh_group: int | None  # IANA number, e.g. 2
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def parse_proposal(text: str, kind: str) -> Proposal:
-    """Parse and check one proposal against AWS's allowed set.
-
-    ``kind`` is "ike" (phase 1) or "esp" (phase 2).  Raises ValueError with a plain message.
-    """
-    if not isinstance(text, str) or not text:
-        raise ValueError("a proposal must be a non-empty string like 'aes128-sha1-modp1024'")
-    parts = text.strip().lower().split("-")
-    enc = parts[0]
-    rest = parts[1:]
-    enc_allowed = IKE_ENC if kind == "ike" else ESP_ENC
-    if enc not in ESP_ENC:
-        raise ValueError(
-            f"{text!r}: unknown encryption {enc!r} (use one of {', '.join(enc_allowed)})"
-        )
-    gcm = enc.endswith("gcm16")
-    if kind == "ike" and gcm:
-        raise ValueError(
-            f"{text!r}: AES-GCM is not allowed in IKEv1 phase 1 (AWS allows GCM only with IKEv2);"
-            " use aes128 or aes256 with sha1/sha256/sha384/sha512"
-        )
-    integ: str | None = None
-    if rest and rest[0] in INTEG:
-        integ = rest.pop(0)
-        if gcm:
-            raise ValueError(f"{text!r}: {enc} is an AEAD cipher: leave out the integrity part")
-    elif not gcm:
-        got = f" (got {rest[0]!r})" if rest else ""
-        raise ValueError(f"{text!r}: missing integrity algorithm, one of {', '.join(INTEG)}{got}")
-    dh: str | None = None
-    group: int | None = None
-    if rest:
-        dh = rest.pop(0)
-        if dh not in DH_GROUPS:
-            raise ValueError(
-                f"{text!r}: unknown DH group {dh!r} (use e.g. modp1024, modp2048, ecp256)"
-            )
-        group = DH_GROUPS[dh]
-        allowed = IKE_DH_ALLOWED if kind == "ike" else ESP_DH_ALLOWED
-        if group not in allowed:
-            which = "phase 1 (IKE): groups 2, 14-24" if kind == "ike" else "phase 2 (PFS): groups 2, 5, 14-24"
-            raise ValueError(f"{text!r}: DH group {group} ({dh}) is not allowed by AWS in {which}")
-    elif kind == "ike":
-        raise ValueError(f"{text!r}: an IKE proposal needs a DH group, e.g. 'aes128-sha1-modp1024'")
-    if rest:
-        raise ValueError(f"{text!r}: unexpected trailing part {'-'.join(rest)!r}")
-    return Proposal(text.strip().lower(), enc, integ, dh, group)
+# Proposal and parse_proposal(text, kind, ike_version=1) are cgwd.ike.proposals' (the one
+# parser; config applies AWS's rules, aws=True, the default).
 
 
 def check_psk(psk: str) -> str | None:
@@ -220,15 +157,15 @@ class TunnelConfig:
     name: str
     vpn: str
     ifname: str
-    local_address: IPv4Address
-    public_address: IPv4Address
-    remote_address: IPv4Address
+    local_address: IPAddress
+    public_address: IPAddress
+    remote_address: IPAddress
     psk: bytes = field(repr=False, compare=True)
     local_id: str = ""
     remote_id: str = ""
-    inside_cidr: IPv4Network = IPv4Network("169.254.10.0/30")
-    inside_local: IPv4Interface = IPv4Interface("169.254.10.2/30")
-    inside_remote: IPv4Address = IPv4Address("169.254.10.1")
+    inside_cidr: IPNetwork = IPv4Network("169.254.10.0/30")  # or an IPv6 /126 from fd00::/8
+    inside_local: IPInterface = IPv4Interface("169.254.10.2/30")  # network + 2 (ours)
+    inside_remote: IPAddress = IPv4Address("169.254.10.1")  # network + 1 (AWS)
     local_asn: int = 65000
     remote_asn: int = 64512
     ike_proposals: tuple[str, ...] = ("aes128-sha1-modp1024",)
@@ -245,12 +182,14 @@ class TunnelConfig:
     hold_time: int = 30
     prepend: int = 0
     med: int | None = None
-    mtu: int = 1436
-    mss: int = 1379
+    mtu: int | None = None  # None: follows the negotiated transform (cgwd.esp.mtu)
+    mss: int | None = None  # None: follows the MTU; 0: no clamping
     datapath: str = "auto"
     enabled: bool = True
+    ike_version: int = 1  # 1 or 2; a config without it means IKEv1
+    startup_action: str = "add"  # "add": we initiate; "start": AWS initiates (IKEv2), we only respond
     # from the VPN connection
-    advertise: tuple[IPv4Network, ...] = ()
+    advertise: tuple[IPNetwork, ...] = ()
     advertise_default: bool = False
     max_advertise: int = 100
     gateway_type: str = "vgw"
@@ -258,11 +197,25 @@ class TunnelConfig:
     max_prefix: int = 1000
     max_prefix_action: str = "reset"
     import_policy: ImportPolicy = ImportPolicy("aws-default")
+    routing: str = "bgp"  # "bgp" or "static" (no BGP session on this tunnel)
+    static_routes: tuple[IPNetwork, ...] = ()
+    health_check: int | None = None  # ICMP echo interval to inside_remote (static only), None = off
+    fail_closed: bool = True
     psk_source: str = field(default="inline", compare=False)  # "inline" or the psk_file path
 
     @property
+    def inner_family(self) -> int:
+        """4 or 6: the family of the inside addresses, BGP and the traffic this tunnel carries."""
+        return self.inside_cidr.version
+
+    @property
+    def outer_family(self) -> int:
+        """4 or 6: the family IKE and ESP run over (AWS's OutsideIpAddressType)."""
+        return self.remote_address.version
+
+    @property
     def ike(self) -> list[Proposal]:
-        return [parse_proposal(p, "ike") for p in self.ike_proposals]
+        return [parse_proposal(p, "ike", self.ike_version) for p in self.ike_proposals]
 
     @property
     def esp(self) -> list[Proposal]:
@@ -271,35 +224,30 @@ class TunnelConfig:
     def fingerprint(self) -> str:
         """A stable hash of every resolved setting, PSK included (never revealed).
 
-        Two tunnels with the same fingerprint need no restart on reload.
+        Two tunnels with the same fingerprint need nothing done on reload.
         """
-        d: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name in ("psk", "psk_source"):
-                continue
-            v = getattr(self, f.name)
-            if isinstance(v, ImportPolicy):
-                v = v.to_config()
-            elif isinstance(v, (tuple, list)):
-                v = [str(x) for x in v]
-            elif v is not None and not isinstance(v, (int, str, bool)):
-                v = str(v)
-            d[f.name] = v
-        h = hashlib.sha256()
-        h.update(json.dumps(d, sort_keys=True).encode())
-        h.update(b"\0psk\0")
-        h.update(hashlib.sha256(b"cgwd-psk" + self.psk).digest())
-        return h.hexdigest()[:32]
+        return _hash_fields(self, {f.name for f in fields(self)} - {"psk_source"})
+
+    def restart_fingerprint(self) -> str:
+        """A hash of the settings that need the tunnel restarted (:data:`TUNNEL_RESTART`:
+        identity, addresses, PSK, proposals, lifetimes, IKE version...).  Equal restart
+        fingerprints with different :meth:`fingerprint` s: reload applies
+        :meth:`changes` ``.in_place`` to the running tunnel."""
+        return _hash_fields(self, TUNNEL_RESTART)
+
+    def changes(self, new: TunnelConfig) -> ConfigChange:
+        """Which fields differ from ``new``, split into in-place and restart ones."""
+        return _diff(self, new, TUNNEL_IN_PLACE, TUNNEL_RESTART)
 
 
 @dataclass(frozen=True)
 class VpnConfig:
     name: str
-    local_address: IPv4Address
-    public_address: IPv4Address
+    local_address: IPAddress
+    public_address: IPAddress
     local_asn: int
     remote_asn: int
-    advertise: list[IPv4Network]
+    advertise: list[IPNetwork]
     advertise_default: bool
     max_advertise: int
     gateway_type: str
@@ -308,6 +256,103 @@ class VpnConfig:
     max_prefix_action: str
     import_policy: ImportPolicy
     tunnels: list[TunnelConfig]
+    routing: str = "bgp"
+    static_routes: tuple[IPNetwork, ...] = ()
+    static_primary: str = ""  # the tunnel carrying the static routes while it is up
+    static_hold_down: int = 60  # seconds a returning primary must stay up before routes move back
+    health_check: int | None = None  # seconds between ICMP echoes to AWS's inside address; None = off
+    fail_closed: bool = True  # no tunnel carries a prefix -> unreachable, never cleartext
+
+    @property
+    def inner_family(self) -> int:
+        """4 or 6 (one inner family per VPN connection, as AWS's TunnelInsideIpVersion)."""
+        return self.tunnels[0].inner_family if self.tunnels else 4
+
+    def changes(self, new: VpnConfig) -> ConfigChange:
+        """VPN-level fields that differ from ``new`` (``tunnels`` excluded: compare the
+        tunnels by name with :meth:`TunnelConfig.changes`).  A restart field here means
+        every tunnel of the VPN restarts (its routing table and BGP identity change)."""
+        return _diff(self, new, VPN_IN_PLACE, VPN_RESTART)
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """The fields that differ between two configs of one tunnel, VPN or daemon.
+
+    ``in_place``: the running object takes them (BGP attributes and policies, limits, DPD
+    timers, static-routing choices, log level); ``restart``: they need it restarted.
+    Only field names, never values (a PSK change shows as ``"psk"``).
+    """
+
+    in_place: frozenset[str] = frozenset()
+    restart: frozenset[str] = frozenset()
+
+    @property
+    def needs_restart(self) -> bool:
+        return bool(self.restart)
+
+    def __bool__(self) -> bool:
+        return bool(self.in_place or self.restart)
+
+
+#: TunnelConfig fields a running tunnel takes without restarting IKE/ESP: BGP attributes
+#: and policies (UPDATEs at once), BGP session parameters (ASNs, hold time: the BGP session
+#: restarts, IPsec stays up), limits, DPD and rekey timers (from the next exchange), the
+#: administrative state, the routing table's settings, the gateway type (a label: the limits
+#: it implies are fields of their own) and psk_source (where the PSK was read, status only;
+#: the PSK itself is "psk"). cgwd/tunnel/changes.py says which part applies each.
+TUNNEL_IN_PLACE = frozenset({
+    "med", "prepend", "advertise", "advertise_default", "import_policy",
+    "max_advertise", "max_prefix", "max_prefix_action",
+    "dpd_interval", "dpd_retries", "dpd_action", "rekey_margin", "rekey_fuzz",
+    "local_asn", "remote_asn", "hold_time", "enabled",
+    "ecmp", "static_routes", "health_check", "fail_closed",
+    "gateway_type", "psk_source",
+})
+#: Every other TunnelConfig field: identity, addresses, PSK, proposals, lifetimes, the
+#: replay window, ike_version, startup_action, NAT-T, MTU/MSS, data path, routing.
+TUNNEL_RESTART = frozenset(f.name for f in fields(TunnelConfig)) - TUNNEL_IN_PLACE
+#: VpnConfig fields applied to the running routing table of a VPN.
+VPN_IN_PLACE = frozenset({
+    "advertise", "advertise_default", "max_advertise", "gateway_type", "ecmp", "max_prefix",
+    "max_prefix_action", "import_policy", "static_routes", "static_primary", "static_hold_down",
+    "health_check", "fail_closed",
+})
+VPN_RESTART = frozenset(f.name for f in fields(VpnConfig)) - VPN_IN_PLACE - {"tunnels"}
+#: DaemonConfig fields a reload applies; the others take a daemon restart.
+DAEMON_IN_PLACE = frozenset({"log_level", "reconcile_interval"})
+DAEMON_RESTART = frozenset(f.name for f in fields(DaemonConfig)) - DAEMON_IN_PLACE
+
+
+def _canon(v: Any) -> Any:
+    if isinstance(v, ImportPolicy):  # every setting, own prefixes included
+        return [v.mode, sorted(v.own_prefixes), sorted(v.allow), sorted(v.deny), v.accept_default_route]
+    if isinstance(v, (tuple, list)):
+        return [str(x) for x in v]
+    if v is not None and not isinstance(v, (int, str, bool)):
+        return str(v)
+    return v
+
+
+def _hash_fields(obj: Any, names: frozenset[str] | set[str]) -> str:
+    d = {n: _canon(getattr(obj, n)) for n in sorted(names) if n != "psk"}
+    h = hashlib.sha256()
+    h.update(json.dumps(d, sort_keys=True).encode())
+    if "psk" in names:
+        h.update(b"\0psk\0")
+        h.update(hashlib.sha256(b"cgwd-psk" + obj.psk).digest())
+    return h.hexdigest()[:32]
+
+
+def _diff(old: Any, new: Any, in_place: frozenset[str], restart: frozenset[str]) -> ConfigChange:
+    changed = {n for n in in_place | restart if _canon(getattr(old, n)) != _canon(getattr(new, n))}
+    if "psk" in restart and old.psk != new.psk:
+        changed.add("psk")
+    return ConfigChange(frozenset(changed & in_place), frozenset(changed & restart))
+
+
+def daemon_changes(old: DaemonConfig, new: DaemonConfig) -> ConfigChange:
+    return _diff(old, new, DAEMON_IN_PLACE, DAEMON_RESTART)
 
 
 @dataclass
@@ -316,6 +361,7 @@ class Config:
     vpns: list[VpnConfig]
     source: str
     warnings: list[str] = field(default_factory=list)
+    lan_neighbors: tuple = ()  # cgwd.lan.config.LanNeighborConfig: [[lan_neighbor]] tables
 
     @property
     def tunnels(self) -> list[TunnelConfig]:
@@ -346,6 +392,12 @@ _VPN_ONLY_KEYS = {
     "max_prefix_action",
     "import",
     "tunnel",
+    "routing",
+    "static_routes",
+    "static_primary",
+    "static_hold_down",
+    "health_check",
+    "fail_closed",
 }
 #: keys that may appear in [[vpn.tunnel]] and (except the per-tunnel ones) in [[vpn]]
 _TUNNEL_KEYS = {
@@ -377,9 +429,19 @@ _TUNNEL_KEYS = {
     "local_address",
     "public_address",
     "short_lifetimes",
+    "ike_version",
+    "startup_action",
 }
 _PER_TUNNEL_ONLY = {"name", "remote_address", "inside_cidr"}
 _VPN_KEYS = _VPN_ONLY_KEYS | (_TUNNEL_KEYS - _PER_TUNNEL_ONLY)
+ROUTING_MODES = ("bgp", "static")
+#: keys that only mean something when BGP runs: an error with routing = "static"
+BGP_ONLY_KEYS = (
+    "local_asn", "remote_asn", "advertise", "advertise_default", "max_advertise",
+    "max_prefix", "max_prefix_action", "import", "hold_time", "prepend", "med",
+)
+#: keys that only mean something with routing = "static": an error with routing = "bgp"
+STATIC_ONLY_KEYS = ("static_routes", "static_primary", "static_hold_down", "health_check")
 
 _TUNNEL_DEFAULTS: dict[str, Any] = {
     "local_id": "",
@@ -397,9 +459,9 @@ _TUNNEL_DEFAULTS: dict[str, Any] = {
     "nat_traversal": "auto",
     "hold_time": 30,
     "prepend": 0,
-    "mtu": 1436,
-    "mss": 1379,
     "enabled": True,
+    "ike_version": 1,
+    "startup_action": "add",
 }
 
 
@@ -462,26 +524,48 @@ def _choice(v: Any, choices: tuple[str, ...]) -> str:
     return s
 
 
-def _ipv4(v: Any) -> IPv4Address:
+def _ipv4(v: Any) -> IPAddress:
+    """An outside address: IPv4, or IPv6 (AWS's OutsideIpAddressType = Ipv6)."""
     s = _str(v)
+    v6 = ":" in s
     try:
-        return IPv4Address(s)
+        a = IPv6Address(s) if v6 else IPv4Address(s)
     except ValueError:
-        raise _Bad(f"{s!r} is not an IPv4 address") from None
+        raise _Bad(f"{s!r} is not an IPv6 address" if v6 else f"{s!r} is not an IPv4 address") from None
+    if a.is_unspecified or a.is_multicast or (v6 and a.is_link_local):
+        raise _Bad(f"{s!r} cannot be an outside address (unspecified, multicast or link-local)")
+    return a
 
 
-def _net(v: Any) -> IPv4Network:
+def _net(v: Any) -> IPNetwork:
     s = _str(v)
+    v6 = ":" in s
+    cls = IPv6Network if v6 else IPv4Network
     try:
-        return IPv4Network(s, strict=True)
+        return cls(s, strict=True)
     except ValueError as e:
         if "has host bits set" in str(e):
             try:
-                fixed = IPv4Network(s, strict=False)
+                fixed = cls(s, strict=False)
                 raise _Bad(f"{s!r} has host bits set (did you mean {str(fixed)!r}?)") from None
             except ValueError:
                 pass
+        if v6:
+            raise _Bad(f"{s!r} is not an IPv6 prefix like 'fd00:10::/64'") from None
         raise _Bad(f"{s!r} is not an IPv4 prefix like '10.0.0.0/16'") from None
+
+
+def _within(a: IPAddress, n: IPNetwork) -> bool:
+    """``a in n`` that is False across families (ipaddress compares raw integers)."""
+    return a.version == n.version and a in n
+
+
+def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.overlaps(b)
+
+
+def _family_word(version: int) -> str:
+    return "IPv6" if version == 6 else "IPv4"
 
 
 def _tname(v: Any) -> str:
@@ -544,7 +628,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str | None = Non
         # tomllib's messages name line and column, never the offending text
         raise ConfigError([ConfigIssue(source, "", "", f"not valid TOML: {e}")]) from None
 
-    c.unknown_keys("", data, {"daemon", "vpn"})
+    c.unknown_keys("", data, {"daemon", "vpn", "lan_neighbor"})
     daemon = _parse_daemon(c, data.get("daemon", {}))
     vpns_raw = data.get("vpn", [])
     if not isinstance(vpns_raw, list) or not all(isinstance(v, dict) for v in vpns_raw):
@@ -555,9 +639,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: str | None = Non
     vpns = [_parse_vpn(c, i, v, daemon, base_dir) for i, v in enumerate(vpns_raw)]
     vpns_ok = [v for v in vpns if v is not None]
     _cross_checks(c, vpns_raw, vpns_ok)
+    from .lan.config import parse_lan_neighbors  # cgwd.lan.config builds on this module's getters
+    lan = parse_lan_neighbors(c, data.get("lan_neighbor"), vpns_ok, base_dir)
     if c.errors:
         raise ConfigError(c.errors)
-    return Config(daemon=daemon, vpns=vpns_ok, source=source, warnings=c.warnings)
+    return Config(daemon=daemon, vpns=vpns_ok, source=source, warnings=c.warnings, lan_neighbors=lan)
 
 
 def _parse_daemon(c: _Collector, d: Any) -> DaemonConfig:
@@ -614,7 +700,7 @@ def _list_of(conv):
     return f
 
 
-def _proposals(kind: str):
+def _proposals(kind: str, ike_version: int = 1):
     def f(v: Any) -> tuple[str, ...]:
         if isinstance(v, str):
             v = [v]
@@ -623,7 +709,7 @@ def _proposals(kind: str):
         out = []
         for p in v:
             try:
-                out.append(parse_proposal(p, kind).text)
+                out.append(parse_proposal(p, kind, ike_version).text)
             except ValueError as e:
                 raise _Bad(str(e)) from None
         return tuple(out)
@@ -655,12 +741,17 @@ def _parse_vpn(c: _Collector, i: int, d: dict, daemon: DaemonConfig, base_dir: s
         c.err(t, "local_address", "missing: this box's outside IPv4 address")
     local = _get(c, t, d, "local_address", _ipv4, IPv4Address("0.0.0.0"))
     public = _get(c, t, d, "public_address", _ipv4, local)
+    routing = _get(c, t, d, "routing", lambda v: _choice(v, ROUTING_MODES), "bgp")
+    static = routing == "static"
+    _routing_keys(c, t, d, routing)
     local_asn = _get(c, t, d, "local_asn", lambda v: _int(v, 1, 2**32 - 1), 65000)
     remote_asn = _get(c, t, d, "remote_asn", lambda v: _int(v, 1, 2**32 - 1), 64512)
-    if "local_asn" not in d:
+    if "local_asn" not in d and not static:
         c.err(t, "local_asn", "missing: the customer gateway's BGP ASN (e.g. 65000)")
     if local_asn == remote_asn and "local_asn" in d:
         c.err(t, "local_asn", f"equals remote_asn {remote_asn}: AWS peers over eBGP, the ASNs must differ")
+    if static:
+        local_asn = remote_asn = 0  # no BGP session: no ASN is used
     gw = _get(c, t, d, "gateway_type", lambda v: _choice(v, ("vgw", "tgw")), "vgw")
     aws_limit = 1000 if gw == "tgw" else 100
     max_adv = _get(c, t, d, "max_advertise", lambda v: _int(v, 1, 1000), aws_limit)
@@ -672,8 +763,11 @@ def _parse_vpn(c: _Collector, i: int, d: dict, daemon: DaemonConfig, base_dir: s
     if len(advertise) > max_adv:
         c.err(t, "advertise", f"{len(advertise)} prefixes, more than max_advertise = {max_adv}: AWS resets the BGP session on prefix {max_adv + 1}")
     for n in advertise:
-        if n.subnet_of(LINK_LOCAL):
+        if n.version == 4 and n.subnet_of(LINK_LOCAL):
             c.err(t, "advertise", f"{n} is link-local (169.254.0.0/16): AWS does not accept it")
+            break
+        if n.version == 6 and _overlap(n, LINK_LOCAL6):
+            c.err(t, "advertise", f"{n} is link-local (fe80::/10): AWS does not accept it")
             break
     adv_default = _get(c, t, d, "advertise_default", _bool, False)
     if adv_default and len(advertise) + 1 > max_adv >= len(advertise):
@@ -683,6 +777,24 @@ def _parse_vpn(c: _Collector, i: int, d: dict, daemon: DaemonConfig, base_dir: s
     mpa = _get(c, t, d, "max_prefix_action", lambda v: _choice(v, ("warn", "drop", "reset")), "reset")
     imp = _get(c, t, d, "import", _parse_import, ImportPolicy("aws-default"))
     imp = imp.with_own(advertise)  # never import our own prefixes back (issue 5)
+
+    static_routes = _get(c, t, d, "static_routes", _list_of(_net), [])
+    if static and not static_routes and "static_routes" not in d:
+        c.err(t, "static_routes", "missing: with routing = \"static\" list the VPC's CIDRs to route into the tunnels, e.g. [\"10.0.0.0/16\"]")
+    elif static and not static_routes:
+        c.err(t, "static_routes", "is empty: with routing = \"static\" list the VPC's CIDRs to route into the tunnels, e.g. [\"10.0.0.0/16\"]")
+    if len(set(static_routes)) != len(static_routes):
+        c.err(t, "static_routes", "lists the same prefix twice")
+    for n in static_routes:
+        if n.version == 4 and n.subnet_of(LINK_LOCAL):
+            c.err(t, "static_routes", f"{n} is inside 169.254.0.0/16 (link-local: the tunnels' inside addresses)")
+            break
+        if n.version == 6 and _overlap(n, LINK_LOCAL6):
+            c.err(t, "static_routes", f"{n} overlaps fe80::/10 (link-local)")
+            break
+    hold_down = _get(c, t, d, "static_hold_down", lambda v: _int(v, 0, 3600, " seconds"), 60)
+    health = _get(c, t, d, "health_check", _health_check, None)
+    fail_closed = _get(c, t, d, "fail_closed", _bool, True)
 
     defaults = {k: d[k] for k in _TUNNEL_KEYS - _PER_TUNNEL_ONLY if k in d}
     tun_raw = d.get("tunnel", [])
@@ -699,19 +811,96 @@ def _parse_vpn(c: _Collector, i: int, d: dict, daemon: DaemonConfig, base_dir: s
         vpn=name, local_address=local, public_address=public, local_asn=local_asn, remote_asn=remote_asn,
         advertise=tuple(advertise), advertise_default=adv_default, max_advertise=max_adv, gateway_type=gw,
         ecmp=ecmp, max_prefix=max_prefix, max_prefix_action=mpa, import_policy=imp,
+        routing=routing, static_routes=tuple(static_routes), health_check=health, fail_closed=fail_closed,
     )
     tunnels = []
     for j, td in enumerate(tun_raw):
         tc = _parse_tunnel(c, f"{t}.tunnel[{j}]", t, td, defaults, vpn_ctx, daemon, base_dir)
         if tc is not None:
             tunnels.append(tc)
+    primary = _get(c, t, d, "static_primary", _str, "")
+    names = [x.get("name") for x in tun_raw]
+    if "static_primary" in d and primary not in names:
+        known = ", ".join(repr(n) for n in names if isinstance(n, str)) or "none"
+        c.err(t, "static_primary", f"{primary!r} is not a tunnel of this VPN connection (its tunnels: {known})")
+    elif not primary and names and isinstance(names[0], str):
+        primary = names[0]
+    if static:
+        _static_route_loops(c, t, static_routes, tunnels)
+    _one_family(c, t, d, tun_raw, tunnels, advertise, static_routes, imp)
     if len(c.errors) != nerr:
         return None
     return VpnConfig(
         name=name, local_address=local, public_address=public, local_asn=local_asn, remote_asn=remote_asn,
         advertise=list(advertise), advertise_default=adv_default, max_advertise=max_adv, gateway_type=gw,
         ecmp=ecmp, max_prefix=max_prefix, max_prefix_action=mpa, import_policy=imp, tunnels=tunnels,
+        routing=routing, static_routes=tuple(static_routes), static_primary=primary if static else "",
+        static_hold_down=hold_down, health_check=health, fail_closed=fail_closed,
     )
+
+
+def _routing_keys(c: _Collector, t: str, d: dict, routing: str) -> None:
+    """Keys of the other routing mode are errors where they are written (VPN or tunnel)."""
+    tunnels = [x for x in d.get("tunnel", []) if isinstance(x, dict)] if isinstance(d.get("tunnel"), list) else []
+    if routing == "static":
+        for k in BGP_ONLY_KEYS:
+            if k in d:
+                c.err(t, k, "means nothing with routing = \"static\" (no BGP runs on this VPN connection): remove it")
+            for j, td in enumerate(tunnels):
+                if k in td:
+                    c.err(f"{t}.tunnel[{j}]", k, "means nothing with routing = \"static\" (no BGP runs on this VPN connection): remove it")
+    else:
+        for k in STATIC_ONLY_KEYS:
+            if k in d:
+                c.err(t, k, "applies only with routing = \"static\" (this VPN connection runs BGP, which learns the VPC's routes)")
+
+
+def _one_family(c: _Collector, t: str, d: dict, tun_raw: list, tunnels: list[TunnelConfig], advertise: list,
+                static_routes: list, imp: ImportPolicy) -> None:
+    """One inner family per VPN connection (AWS's TunnelInsideIpVersion) and one outer
+    family per tunnel (OutsideIpAddressType); prefixes of the other inner family are errors."""
+    if not tunnels:
+        return
+    fam = tunnels[0].inner_family
+    word = _family_word(fam)
+    for j, tc in enumerate(tunnels[1:], 1):
+        if tc.inner_family != fam:
+            c.err(f"{t}.tunnel[{j}]", "inside_cidr", f"{tc.inside_cidr} is {_family_word(tc.inner_family)} but tunnel {tunnels[0].name!r} has {word} inside addresses: a VPN connection carries one family (AWS's TunnelInsideIpVersion); make a second VPN connection for the other")
+    for key, nets in (("advertise", advertise), ("static_routes", static_routes), ("import", [ipaddress.ip_network(p) for p in imp.allow])):
+        other = next((n for n in nets if n.version != fam), None)
+        if other is not None:
+            c.err(t, key, f"{other} is {_family_word(other.version)} but the tunnels' inside addresses are {word}: a VPN connection carries one family (AWS's TunnelInsideIpVersion); make a second VPN connection for the other")
+    for tc in tunnels:
+        for key, nets in (("advertise", advertise), ("static_routes", static_routes)):
+            hit = next((n for n in nets if _overlap(n, tc.inside_cidr)), None)
+            if hit is not None and fam == 6:
+                c.err(t, key, f"{hit} overlaps the inside {tc.inside_cidr} of tunnel {tc.name!r}")
+
+
+def _ike_version(v: Any) -> int:
+    if isinstance(v, bool) or v not in (1, 2):
+        shown = repr(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else _tname(v)
+        raise _Bad(f"must be 1 (IKEv1) or 2 (IKEv2), the integer; got {shown}")
+    return v
+
+
+def _health_check(v: Any) -> int | None:
+    if v is False:
+        return None
+    if v is True:
+        raise _Bad("must be false or the interval in seconds between pings (e.g. 10), not true")
+    return _int(v, 1, 3600, " seconds")
+
+
+def _static_route_loops(c: _Collector, t: str, routes: list, tunnels: list[TunnelConfig]) -> None:
+    """A static route covering an outside address would carry IKE/ESP into its own tunnel."""
+    for n in routes:
+        for tc in tunnels:
+            hit = next((a for a in (tc.remote_address, tc.local_address, tc.public_address) if _within(a, n)), None)
+            if hit is not None:
+                whose = "AWS endpoint" if hit == tc.remote_address else "this box's outside address"
+                c.err(t, "static_routes", f"{n} covers {whose} {hit} of tunnel {tc.name!r}: IKE and ESP to it would be routed into the tunnel itself")
+                return
 
 
 def _read_psk_file(c: _Collector, table: str, path: Any, base_dir: str | None) -> str | None:
@@ -792,13 +981,27 @@ def _parse_tunnel(
         c.err(t, "name", f"{name!r} is too long: interface name {ifname!r} has {len(ifname)} characters, Linux allows {IFNAMSIZ} (use at most {IFNAMSIZ - len(IFNAME_PREFIX)})")
     if "remote_address" not in td:
         c.err(t, "remote_address", "missing: AWS's outside address of this tunnel")
+    n_addr = len(c.errors)
     remote = get("remote_address", _ipv4, IPv4Address("0.0.0.0"))
     local = get("local_address", _ipv4, vpn["local_address"])
     public = get("public_address", _ipv4, vpn["public_address"] if "local_address" not in td else local)
+    if len(c.errors) != n_addr or local.is_unspecified:
+        pass  # the address itself is wrong or missing: said above
+    elif "remote_address" in td and remote.version != local.version:
+        c.err(t, "remote_address", f"{remote} is {_family_word(remote.version)} but local_address {local} is {_family_word(local.version)}: IKE and ESP run over one family (set local_address of that family for this tunnel)")
+    elif public.version != local.version:
+        c.err(tbl("public_address"), "public_address", f"{public} is {_family_word(public.version)} but local_address {local} is {_family_word(local.version)}")
     if "inside_cidr" not in td:
-        c.err(t, "inside_cidr", "missing: the tunnel's inside /30 from 169.254.0.0/16 (e.g. \"169.254.10.0/30\")")
+        c.err(t, "inside_cidr", "missing: the tunnel's inside /30 from 169.254.0.0/16 (e.g. \"169.254.10.0/30\"), or an IPv6 /126 from fd00::/8")
     inside = get("inside_cidr", _net, None)
-    if inside is not None:
+    if inside is not None and inside.version == 6:
+        if inside.prefixlen != 126:
+            c.err(t, "inside_cidr", f"{inside} must be a /126 (AWS's IPv6 inside CIDRs are /126s from fd00::/8)")
+            inside = None
+        elif not inside.subnet_of(INSIDE6):
+            c.err(t, "inside_cidr", f"{inside} is not inside fd00::/8")
+            inside = None
+    elif inside is not None:
         if inside.prefixlen != 30:
             c.err(t, "inside_cidr", f"{inside} must be a /30")
             inside = None
@@ -808,7 +1011,11 @@ def _parse_tunnel(
         elif inside in RESERVED_INSIDE:
             c.err(t, "inside_cidr", f"{inside} is reserved by AWS (169.254.0-5.0/30 and 169.254.169.252/30 cannot be used)")
             inside = None
-    ike = get("ike_proposals", _proposals("ike"), ())
+    ike_version = get("ike_version", _ike_version, 1)
+    startup = get("startup_action", lambda v: _choice(v, ("add", "start")), "add")
+    if startup == "start" and ike_version != 2:
+        c.err(tbl("startup_action"), "startup_action", "\"start\" (AWS initiates, we only respond) needs IKEv2: set ike_version = 2 or startup_action = \"add\"")
+    ike = get("ike_proposals", _proposals("ike", ike_version or 1), ())
     esp = get("esp_proposals", _proposals("esp"), ())
     ike_life = get("ike_lifetime", lambda v: _int(v, 900, 28800, " seconds"), 28800)
     # short_lifetimes (labs and tests only) lifts AWS's lower bounds so phase 2 rekeys every ~30 s
@@ -829,10 +1036,14 @@ def _parse_tunnel(
     hold = get("hold_time", lambda v: _int(v, 3, 65535, " seconds"), 30)
     prepend = get("prepend", lambda v: _int(v, 0, 10), 0)
     med = get("med", lambda v: _int(v, 0, 2**32 - 1), None)
-    mtu = get("mtu", lambda v: _int(v, 576, 1500, " bytes"), 1436)
-    mss = get("mss", lambda v: _int(v, 536, 1460, " bytes"), 1379)
-    if mtu and mss and mss > mtu - 40:
-        c.err(tbl("mss"), "mss", f"{mss} does not fit the tunnel MTU {mtu} (at most mtu - 40 = {mtu - 40})")
+    # unset: the data path follows the negotiated transform and encapsulation (AWS's table);
+    # a configured mss is the MSS of the tunnel's family (IPv6: 20 below the IPv4 one)
+    mtu = get("mtu", lambda v: _int(v, 576, 1500, " bytes"), None)
+    fam = inside.version if inside is not None else 4
+    mss = get("mss", lambda v: _int(v, 536, 1460, " bytes"), None)
+    hdr = 40 if fam == 4 else 60  # IP + TCP headers
+    if mtu and mss and mss > mtu - hdr:
+        c.err(tbl("mss"), "mss", f"{mss} does not fit the tunnel MTU {mtu} (at most mtu - {hdr} = {mtu - hdr})")
     if mtu and mtu > 1399 and any(p.split("-")[1:2] in (["sha384"], ["sha512"]) for p in esp or ()):
         c.warn(t, "mtu", f"{mtu} with SHA-384/512 in esp_proposals: AWS recommends a tunnel MTU of 1399")
     datapath = get("datapath", lambda v: _choice(v, ("auto", "kernel", "userspace")), "auto")
@@ -841,7 +1052,6 @@ def _parse_tunnel(
     remote_id = get("remote_id", _str, "") or str(remote)
     if len(c.errors) != nerr or psk is None or inside is None:
         return None
-    hosts = list(inside.hosts())
     return TunnelConfig(
         name=name,
         vpn=vpn["vpn"],
@@ -853,8 +1063,8 @@ def _parse_tunnel(
         local_id=local_id,
         remote_id=remote_id,
         inside_cidr=inside,
-        inside_local=IPv4Interface(f"{hosts[1]}/30"),
-        inside_remote=hosts[0],
+        inside_local=ipaddress.ip_interface(f"{inside[2]}/{inside.prefixlen}"),
+        inside_remote=inside[1],
         local_asn=vpn["local_asn"],
         remote_asn=vpn["remote_asn"],
         ike_proposals=tuple(ike),
@@ -875,6 +1085,8 @@ def _parse_tunnel(
         mss=mss,
         datapath=datapath,
         enabled=enabled,
+        ike_version=ike_version,
+        startup_action=startup,
         advertise=vpn["advertise"],
         advertise_default=vpn["advertise_default"],
         max_advertise=vpn["max_advertise"],
@@ -883,6 +1095,10 @@ def _parse_tunnel(
         max_prefix=vpn["max_prefix"],
         max_prefix_action=vpn["max_prefix_action"],
         import_policy=vpn["import_policy"],
+        routing=vpn["routing"],
+        static_routes=vpn["static_routes"],
+        health_check=vpn["health_check"],
+        fail_closed=vpn["fail_closed"],
         psk_source=psk_source,
     )
 
@@ -891,7 +1107,7 @@ def _cross_checks(c: _Collector, vpns_raw: list[dict], vpns: list[VpnConfig]) ->
     """Uniqueness across the whole file, checked on the raw tables so every clash is seen."""
     seen_vpn: dict[str, str] = {}
     seen_tun: dict[str, str] = {}
-    seen_inside: list[tuple[IPv4Network, str]] = []
+    seen_inside: list[tuple[IPNetwork, str]] = []
     seen_remote: dict[tuple[str, str], str] = {}
     for i, v in enumerate(vpns_raw):
         vname = v.get("name", f"vpn{i}")
@@ -914,12 +1130,12 @@ def _cross_checks(c: _Collector, vpns_raw: list[dict], vpns: list[VpnConfig]) ->
             ic = td.get("inside_cidr")
             if isinstance(ic, str):
                 try:
-                    net = IPv4Network(ic, strict=False)
+                    net = ipaddress.ip_network(ic, strict=False)
                 except ValueError:
                     net = None
                 if net is not None:
                     for other, where in seen_inside:
-                        if net.overlaps(other):
+                        if _overlap(net, other):
                             c.err(t, "inside_cidr", f"{ic} overlaps {other} of {where}")
                             break
                     seen_inside.append((net, t))

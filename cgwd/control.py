@@ -1,7 +1,8 @@
 """The control protocol: newline-delimited JSON over a Unix socket.
 
 Request ``{"cmd": "status"}`` -> response ``{"ok": true, "status": {...}}``.
-Commands: ``status``, ``up``/``down``/``rekey`` (with ``"tunnel": NAME``), ``reload``.
+Commands: ``status``, ``up``/``down``/``rekey`` (with ``"tunnel": NAME``; ``rekey`` takes
+``"sa": "ipsec"`` (default) or ``"ike"``), ``reload``.
 Errors: ``{"ok": false, "error": "one line"}``.
 
 The server checks the shape of each request before calling the handler, bounds the
@@ -20,7 +21,7 @@ import socket
 import stat
 from typing import Any, Awaitable, Callable
 
-from .config import DEFAULT_SOCKET
+from .paths import DEFAULT_SOCKET
 
 __all__ = [
     "COMMANDS",
@@ -61,6 +62,8 @@ def validate_request(req: Any) -> str | None:
         t = req.get("tunnel")
         if not isinstance(t, str) or not t:
             return f"{cmd} needs \"tunnel\": NAME"
+    if cmd == "rekey" and req.get("sa", "ipsec") not in ("ipsec", "ike"):
+        return "rekey: \"sa\" is \"ipsec\" (default) or \"ike\""
     return None
 
 

@@ -22,8 +22,9 @@ __all__ = ["render_metrics", "MetricsServer", "CONTENT_TYPE"]
 
 log = logging.getLogger("cgwd.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-IKE_STATES = ("established", "connecting", "idle", "down")
+IKE_STATES = ("established", "connecting", "waiting", "idle", "down")
 BGP_STATES = ("idle", "connect", "active", "opensent", "openconfirm", "established")
+STATIC_STATES = ("down", "hold-down", "up", "silent")  # cgwd.routing.static.Carry
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
 
 
@@ -79,18 +80,23 @@ def render_metrics(status: dict) -> str:
         bgp = t.get("bgp") or {}
         dpd = t.get("dpd") or {}
         sas = ipsec.get("sas") or []
-        up = ike.get("state") == "established" and ipsec.get("state") == "installed" and bgp.get("state") == "established"
+        routed = (t["static"].get("state") in ("up", "hold-down")) if "static" in t else bgp.get("state") == "established"
+        up = ike.get("state") == "established" and ipsec.get("state") == "installed" and routed
         o.add("cgwd_tunnel_enabled", "gauge", "1 if the tunnel is enabled", L, bool(t.get("enabled", True)))
         o.add("cgwd_tunnel_up", "gauge", "1 if IKE, IPsec and BGP are all up", L, up)
         o.add("cgwd_tunnel_nat_udp_encap", "gauge", "1 if ESP is UDP-encapsulated (NAT-T)", L, bool(((t.get("outside") or {}).get("nat") or {}).get("udp_encap")))
+        if t.get("inner_family"):
+            o.add("cgwd_tunnel_info", "gauge", "the tunnel's address families: inner (what it carries, BGP) and outer (IKE, ESP)",
+                  {**L, "inner_family": f"ipv{t['inner_family']}", "outer_family": f"ipv{t.get('outer_family', 4)}"}, 1)
         st = ike.get("state", "idle")
+        LV = {**L, "ike_version": ike.get("version", 1)}
         for s in IKE_STATES:
-            o.add("cgwd_ike_state", "gauge", "IKE SA state (1 for the current state)", {**L, "state": s}, st == s)
+            o.add("cgwd_ike_state", "gauge", "IKE SA state (1 for the current state)", {**LV, "state": s}, st == s)
         o.add("cgwd_ike_established_timestamp_seconds", "gauge", "when the IKE SA was established", L, ike.get("established_at"))
         o.add("cgwd_ike_rekey_timestamp_seconds", "gauge", "when the IKE SA will be rekeyed", L, ike.get("rekey_at"))
         counters = ike.get("counters") or {}
         for k, v in sorted(counters.items()):
-            o.add("cgwd_ike_events_total", "counter", "IKE events (rekeys, retransmits, failures...)", {**L, "event": _metric_name_part(k)}, v)
+            o.add("cgwd_ike_events_total", "counter", "IKE events (rekeys, retransmits, failures...)", {**LV, "event": _metric_name_part(k)}, v)
         for sa_kind in ("ike", "ipsec"):
             o.add("cgwd_rekeys_total", "counter", "completed rekeys, by SA kind", {**L, "sa": sa_kind}, counters.get(f"rekeys_{sa_kind}", 0))
         o.add("cgwd_ipsec_sa_installed", "gauge", "number of installed ESP SA pairs", L, len(sas) if ipsec.get("state") == "installed" else 0)
@@ -114,6 +120,9 @@ def render_metrics(status: dict) -> str:
         for kind in ("sent", "acked", "answered", "dead"):
             o.add("cgwd_dpd_total", "counter", "DPD: R-U-THERE sent, acknowledged, answered for the peer; peer declared dead", {**L, "event": kind}, counters.get(f"dpd_{kind}", 0))
         o.add("cgwd_dpd_last_seen_timestamp_seconds", "gauge", "last time the peer was heard from", L, dpd.get("last_seen"))
+        if "static" in t:
+            _static_tunnel_metrics(o, L, t["static"] or {})
+            continue
         bs = bgp.get("state", "idle")
         for s in BGP_STATES:
             o.add("cgwd_bgp_state", "gauge", "BGP session state (1 for the current state)", {**L, "state": s}, bs == s)
@@ -127,6 +136,8 @@ def render_metrics(status: dict) -> str:
             for mtype, n in items:
                 o.add("cgwd_bgp_messages_total", "counter", "BGP messages, by direction and type", {**L, "direction": direction, "type": _metric_name_part(str(mtype))}, n)
         o.add("cgwd_bgp_hold_time_seconds", "gauge", "negotiated BGP hold time", L, bgp.get("hold_time"))
+        o.add("cgwd_bgp_max_prefix_resets_total", "counter", "BGP sessions torn down for too many prefixes (Cease/1)", L, bgp.get("limit_resets", 0))
+        o.add("cgwd_bgp_restart_delay_seconds", "gauge", "delay of the pending automatic BGP restart (grows after max-prefix teardowns)", L, bgp.get("restart_delay"))
     routes = status.get("routes") or []
     per: dict[str, list[int]] = {t.get("name", ""): [0, 0, 0] for t in tunnels}
     for r in routes:
@@ -138,13 +149,82 @@ def render_metrics(status: dict) -> str:
         o.add("cgwd_routes", "gauge", "learned paths (prefixes) through the tunnel, best or backup", {"tunnel": tun}, n)
         o.add("cgwd_routes_best", "gauge", "learned prefixes whose best path is through the tunnel", {"tunnel": tun}, best)
         o.add("cgwd_routes_installed", "gauge", "learned prefixes installed in the kernel through the tunnel", {"tunnel": tun}, inst)
+    for v in status.get("vpns") or []:
+        V = {"vpn": v.get("name", "")}
+        o.add("cgwd_vpn_routing_info", "gauge", "routing mode of the VPN connection", {**V, "routing": v.get("routing", "bgp")}, 1)
+        o.add("cgwd_vpn_unreachable_prefixes", "gauge", "prefixes no tunnel carries: unreachable (fail closed), not sent in cleartext", V, len(v.get("unreachable") or []))
+        for r in v.get("static") or []:
+            P = {**V, "prefix": r.get("prefix", "")}
+            o.add("cgwd_static_route_carriers", "gauge", "tunnels carrying the static route now (0: unreachable, fail closed)", P, len(r.get("tunnels") or []))
+            for tun in [t.get("name", "") for t in tunnels if t.get("vpn") == v.get("name")]:
+                o.add("cgwd_static_route_carried", "gauge", "1 if the tunnel carries the static route now", {**P, "tunnel": tun}, tun in (r.get("tunnels") or []))
+        for tun, reasons in sorted((v.get("refused") or {}).items()):
+            for reason, n in sorted(reasons.items()):
+                o.add("cgwd_routes_refused_total", "counter", "routes refused, by reason (import policy, covers an outside address, max prefix)", {"tunnel": tun, "reason": _metric_name_part(reason)}, n)
+    _lan_metrics(o, status.get("lan") or {})
     for reason, n in sorted((status.get("drops") or {}).items()):
         o.add("cgwd_drops_total", "counter", "packets dropped outside a tunnel, by reason", {"reason": _metric_name_part(reason)}, n)
     proc = status.get("process") or {}
     o.add("cgwd_open_fds", "gauge", "open file descriptors of the cgwd process", {}, proc.get("open_fds"))
     o.add("cgwd_asyncio_tasks", "gauge", "asyncio tasks in the cgwd process", {}, proc.get("asyncio_tasks"))
     o.add("cgwd_resident_memory_bytes", "gauge", "resident memory of the cgwd process", {}, proc.get("rss_bytes"))
+    for f in status.get("system") or []:
+        o.add("cgwd_system_problem", "gauge", "1 for each thing the box lacks (see cgwctl status)", {"problem": f.get("name", "")}, 1)
+    for name, t in sorted((status.get("tasks") or {}).items()):
+        o.add("cgwd_task_crashes_total", "counter", "crashes of a supervised long-lived task", {"task": name}, t.get("crashes", 0))
+        o.add("cgwd_task_running", "gauge", "1 if the supervised task is running", {"task": name}, t.get("state") == "running")
     return o.text()
+
+
+def _lan_bfd_metrics(o: _Out, L: dict, b: dict) -> None:
+    """BFD on a LAN session (cgwd.lan.bfd), when configured."""
+    if not b.get("enabled"):
+        return
+    for s in ("admindown", "down", "init", "up"):
+        o.add("cgwd_lan_bfd_state", "gauge", "LAN BFD session state (1 for the current state)", {**L, "state": s},
+              b.get("state") == s)
+    o.add("cgwd_lan_bfd_ups_total", "counter", "LAN BFD session transitions to Up", L, b.get("ups", 0))
+    o.add("cgwd_lan_bfd_downs_total", "counter", "LAN BFD session transitions from Up to Down", L, b.get("downs", 0))
+    o.add("cgwd_lan_bfd_bgp_teardowns_total", "counter", "LAN BGP sessions closed by BFD Down", L,
+          b.get("bgp_teardowns", 0))
+    det = b.get("detection_time_ms")
+    if det is not None:
+        o.add("cgwd_lan_bfd_detection_time_seconds", "gauge", "LAN BFD negotiated detection time", L, det / 1000)
+    for reason, v in sorted((b.get("drops") or {}).items()):
+        o.add("cgwd_lan_bfd_drops_total", "counter", "LAN BFD packets dropped, by reason", {**L, "reason": reason}, v)
+
+
+def _lan_metrics(o: _Out, lan: dict) -> None:
+    """LAN-side BGP (cgwd.lan): each router's session, what it gave and was given, and what
+    the gateway's limit holds back."""
+    for n in lan.get("neighbors") or []:
+        L = {"neighbor": n.get("name", "")}
+        st = n.get("state", "idle")
+        for s in BGP_STATES:
+            o.add("cgwd_lan_bgp_state", "gauge", "LAN BGP session state (1 for the current state)", {**L, "state": s}, st == s)
+        o.add("cgwd_lan_prefixes_accepted", "gauge", "prefixes from the LAN router its import filter accepted", L, len(n.get("received") or []))
+        o.add("cgwd_lan_prefixes_refused", "gauge", "prefixes from the LAN router its import filter refused", L, len(n.get("refused") or {}))
+        o.add("cgwd_lan_prefixes_sent", "gauge", "VPC prefixes announced to the LAN router", L, len(n.get("sent") or []))
+        _lan_bfd_metrics(o, L, n.get("bfd") or {})
+    if not lan.get("neighbors"):
+        return
+    for tun, p in sorted((lan.get("to_aws") or {}).items()):
+        o.add("cgwd_lan_prefixes_to_aws", "gauge", "LAN prefixes announced to AWS on the tunnel", {"tunnel": tun}, len(p.get("sent") or []))
+        o.add("cgwd_lan_prefixes_held", "gauge", "LAN prefixes not announced to AWS: over the gateway's limit", {"tunnel": tun}, len(p.get("held") or []))
+    o.add("cgwd_lan_prefixes_held_total", "counter", "LAN prefixes held back over the gateway's limit", {}, lan.get("held_total", 0))
+
+
+def _static_tunnel_metrics(o: _Out, L: dict, st: dict) -> None:
+    """A static tunnel: its routing state and health check; BGP as disabled (not down)."""
+    o.add("cgwd_bgp_state", "gauge", "BGP session state (1 for the current state)", {**L, "state": "disabled"}, 1)
+    state = st.get("state", "down")
+    for s in STATIC_STATES:
+        o.add("cgwd_static_state", "gauge", "static routing state of the tunnel (1 for the current state)", {**L, "state": s}, state == s)
+    for k, n in sorted((st.get("counters") or {}).items()):
+        o.add("cgwd_static_events_total", "counter", "static routing: health-check probes, replies, silences, hold-downs, downs", {**L, "event": _metric_name_part(k)}, n)
+    hc = st.get("health_check") or {}
+    o.add("cgwd_static_health_check_rtt_seconds", "gauge", "round-trip time of the last health-check reply", L, hc.get("rtt"))
+    o.add("cgwd_static_health_check_last_reply_timestamp_seconds", "gauge", "when AWS's inside address last answered the health check", L, hc.get("last_reply"))
 
 
 StatusFn = Callable[[], "dict | Awaitable[dict]"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .lan.format import format_lan
+
 __all__ = ["format_status", "hints_for_tunnel", "format_duration"]
 
 
@@ -72,6 +74,10 @@ def _sa_up(t: dict) -> bool:
 
 
 def _bgp_up(t: dict) -> bool:
+    """The tunnel's route source is up: BGP established, or (routing = "static") its static
+    routes offered."""
+    if "static" in t:
+        return (t.get("static") or {}).get("state") in ("up", "hold-down")
     return (t.get("bgp") or {}).get("state") == "established"
 
 
@@ -95,6 +101,9 @@ def hints_for_tunnel(t: dict, now: float | None = None) -> list[str]:
         if err:
             msg = f"IKE not established ({err}) — check the PSK, proposals and UDP 500/4500 to {remote}"
         hints.append(msg)
+        st = t.get("static") or {}
+        if st.get("reason") and st.get("reason") != "not started":
+            hints.append(f"static routes not carried: {st['reason']}")  # e.g. why IKE is down (health check)
         return hints
     if not _sa_up(t):
         hints.append("IKE up but no IPsec SA: check ESP proposals/PFS (esp_proposals must match the tunnel options in AWS)")
@@ -111,6 +120,11 @@ def hints_for_tunnel(t: dict, now: float | None = None) -> list[str]:
     clamp = ipsec.get("mss_clamp")
     if isinstance(clamp, str) and clamp.startswith("off:") and "mss = 0" not in clamp:
         hints.append(f"TCP MSS clamping is {clamp}: large TCP segments depend on ICMP reaching the sender")
+    if "static" in t:
+        st = t.get("static") or {}
+        if not _bgp_up(t):
+            hints.append(f"static routes not carried: {st.get('reason', st.get('state', '?'))}")
+        return hints
     if not _bgp_up(t):
         state = bgp.get("state", "idle")
         msg = f"IPsec up but BGP {state}: check that {bgp.get('peer', 'the AWS inside address')} answers on TCP 179 through the tunnel and the ASNs (local {bgp.get('local_asn', '?')}, AWS {bgp.get('remote_asn', '?')})"
@@ -150,10 +164,12 @@ def _format_tunnel(t: dict, now: float) -> list[str]:
 
     ike = t.get("ike") or {}
     ike_s = ike.get("state", "idle")
+    ike_label = f"IKEv{ike['version']}" if ike.get("version") else "IKE"
     if ike_s == "established":
-        out.append(_line("IKE", f"established {ike.get('algorithms', '-')}, up {_since(now, ike.get('established_at'))}, rekey {_until(now, ike.get('rekey_at'))}"))
+        out.append(_line(ike_label, f"established {ike.get('algorithms', '-')}, up {_since(now, ike.get('established_at'))}, rekey {_until(now, ike.get('rekey_at'))}"))
     else:
-        out.append(_line("IKE", ike_s + (f" (last error: {ike['last_error']})" if ike.get("last_error") else "")))
+        what = "waiting for AWS to initiate (startup action start)" if ike_s == "waiting" else ike_s
+        out.append(_line(ike_label, what + (f" (last error: {ike['last_error']})" if ike.get("last_error") else "")))
     ike_drops = {k.removeprefix("drop_"): v for k, v in (ike.get("counters") or {}).items()
                  if k.startswith("drop_") and isinstance(v, int) and v}
     if ike_drops:
@@ -185,11 +201,33 @@ def _format_tunnel(t: dict, now: float) -> list[str]:
     bgp = t.get("bgp") or {}
     bs = bgp.get("state", "idle")
     peer = f"{bgp.get('local', '-')} AS{bgp.get('local_asn', '?')} -> {bgp.get('peer', '-')} AS{bgp.get('remote_asn', '?')}"
+    if "static" in t:
+        st = t.get("static") or {}
+        hc = st.get("health_check")
+        check = "; no health check"
+        if hc:
+            last = f"last reply {_since(now, hc['last_reply'])} ago" if hc.get("last_reply") else "no reply yet"
+            rtt = f" (rtt {hc['rtt'] * 1000:.1f} ms)" if isinstance(hc.get("rtt"), (int, float)) else ""
+            check = f"; health check every {hc.get('interval')}s, {last}{rtt}"
+        held = ""
+        if st.get("state") == "hold-down" and isinstance(st.get("hold_down_until"), (int, float)):
+            held = f", {format_duration(max(0.0, st['hold_down_until'] - now))} left"
+        out.append(_line("routing", f"static, {st.get('state', '?')}: {st.get('reason', '-')}{held}{check}"))
+        out.append(_line("BGP", "disabled (routing = \"static\")"))
+        for h in hints_for_tunnel(t, now):
+            out.append(_line("!", h))
+        return out
     if bs == "established":
         out.append(_line("BGP", f"Established, up {_since(now, bgp.get('uptime_since'))}, {peer}"))
     else:
         out.append(_line("BGP", f"{bs.capitalize()}, {peer}" + (f" (last error: {bgp['last_error']})" if bgp.get("last_error") else "")))
-    out.append(_line("", f"hold {bgp.get('hold_time', '-')}s keepalive {bgp.get('keepalive', '-')}s; prefixes received {bgp.get('prefixes_received', 0)}, advertised {bgp.get('prefixes_advertised', 0)}; messages in {_msg_count(bgp.get('messages_in'))} out {_msg_count(bgp.get('messages_out'))}"))
+    if bgp.get("limit_resets"):
+        wait = (f"restart in {format_duration(bgp['restart_in'])} (delay {format_duration(bgp.get('restart_delay'))})"
+                if bgp.get("restart_in") is not None else ("stays down until restarted" if bgp.get("held_down") else "restarted"))
+        out.append(_line("", f"max-prefix teardowns {bgp['limit_resets']}: {wait}"))
+    fams = bgp.get("families") or ["ipv4/unicast"]
+    carries = "" if fams == ["ipv4/unicast"] else f"{', '.join(f.replace('ipv', 'IPv').replace('/', ' ') for f in fams)}; "
+    out.append(_line("", f"{carries}hold {bgp.get('hold_time', '-')}s keepalive {bgp.get('keepalive', '-')}s; prefixes received {bgp.get('prefixes_received', 0)}, advertised {bgp.get('prefixes_advertised', 0)}; messages in {_msg_count(bgp.get('messages_in'))} out {_msg_count(bgp.get('messages_out'))}"))
     for h in hints_for_tunnel(t, now):
         out.append(_line("!", h))
     return out
@@ -238,23 +276,78 @@ def format_status(status: dict, now: float | None = None) -> str:
     lines.append("")
     if routes:
         lines.append(f"Learned routes ({len(routes)}):")
-        lines.append(f"  {'prefix':<20} {'tunnel':<12} {'next hop':<16} {'AS path':<16} {'MED':<6} state")
+        # columns as wide as the longest IPv6 prefix or next hop shown (IPv4: the usual widths)
+        wp = max([20] + [len(str(r.get("prefix", "-"))) for r in routes])
+        wn = max([16] + [len(str(r.get("nexthop", "-"))) for r in routes])
+        lines.append(f"  {'prefix':<{wp}} {'tunnel':<12} {'next hop':<{wn}} {'AS path':<16} {'MED':<6} state")
         for r in routes:
             asp = " ".join(str(a) for a in r.get("as_path") or []) or "-"
             med = r.get("med")
-            lines.append(f"  {str(r.get('prefix', '-')):<20} {str(r.get('tunnel', '-')):<12} {str(r.get('nexthop', '-')):<16} {asp:<16} {('-' if med is None else str(med)):<6} {_route_state(r)}")
+            lines.append(f"  {str(r.get('prefix', '-')):<{wp}} {str(r.get('tunnel', '-')):<12} {str(r.get('nexthop', '-')):<{wn}} {asp:<16} {('-' if med is None else str(med)):<6} {_route_state(r)}")
         if any(r.get("best", True) and not r.get("installed") for r in routes):
             lines.append("  ! a best route is not in the kernel: see `journalctl -u cgwd`")
     else:
         lines.append("Learned routes: none")
+    for v in status.get("vpns") or []:
+        if "static" in v:
+            lines.extend(_format_static_routes(v))
+        for prefix, carriers in sorted((v.get("carriers") or {}).items()):
+            if not carriers and "static" not in v:
+                lines.append(f"  ! {v.get('name')}: {prefix}: no tunnel carries it"
+                             + (" (unreachable: fail closed)" if v.get("fail_closed") else " (fail_closed = false)"))
+        if v.get("unreachable") and v.get("routing") != "static":
+            lines.append(f"  {v.get('name')}: unreachable while no tunnel carries them (fail closed): "
+                         + ", ".join(v["unreachable"][:10]) + (" ..." if len(v["unreachable"]) > 10 else ""))
+        refused = {n: r for n, r in (v.get("refused") or {}).items() if r}
+        for n, r in sorted(refused.items()):
+            lines.append(f"  {n}: refused " + ", ".join(f"{k.replace('_', ' ')} {c}" for k, c in sorted(r.items())))
+    lines.extend(format_lan(status.get("lan") or {}, now))
     drops = status.get("drops") or {}
     if drops:
         lines.append("")
         lines.append("Drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    lines.extend(_format_reload_and_tasks(status, now))
     if summary:
         lines.append("")
         lines.extend(summary)
     return "\n".join(lines) + "\n"
+
+
+def _format_static_routes(v: dict) -> list[str]:
+    """A static VPN connection's routes: the tunnel carrying each, the ones standing by, and
+    why none does."""
+    how = [f"primary {v['static_primary']}" if v.get("static_primary") else "",
+           "ECMP" if v.get("ecmp") else "", f"hold-down {v.get('static_hold_down', '-')}s",
+           f"health check every {v['health_check']}s" if v.get("health_check") else "no health check"]
+    out = ["", f"Static routes of {v.get('name', '-')} ({', '.join(h for h in how if h)}):"]
+    for r in v.get("static") or []:
+        if r.get("tunnels"):
+            what = "via " + ", ".join(r["tunnels"]) + (f"; backup {', '.join(r['backups'])}" if r.get("backups") else "")
+        else:
+            closed = "unreachable (fail closed)" if v.get("fail_closed", True) else "NOT guarded (fail_closed = false)"
+            what = f"! no tunnel carries it, {closed}: {r.get('reason') or '-'}"
+        out.append(f"  {str(r.get('prefix', '-')):<20} {what}")
+    return out
+
+
+def _format_reload_and_tasks(status: dict, now: float) -> list[str]:
+    out: list[str] = []
+    system = status.get("system") or []
+    if system:
+        out += ["", "This box lacks:"]
+        for f in system:
+            out.append(f"  ! {f.get('what')}")
+            out.append(f"    fix: {f.get('fix')}")
+    rl = status.get("last_reload")
+    if rl:
+        what = rl.get("message") or ("ok" if rl.get("ok") else rl.get("error", "failed"))
+        if not rl.get("ok") and rl.get("error"):
+            what = rl["error"]
+        out += ["", f"Last reload {_since(now, rl.get('at'))} ago: {what}"]
+    crashed = {n: t for n, t in (status.get("tasks") or {}).items() if t.get("crashes")}
+    for name, t in sorted(crashed.items()):
+        out.append(f"  ! task {name} crashed {t['crashes']}x ({t.get('state')}): {t.get('last_error')}")
+    return out
 
 
 def _route_state(r: dict) -> str:

@@ -1,4 +1,7 @@
-"""BGP-4 for cgwd: one eBGP session per tunnel over the inside /30 (AWS .1, us .2).
+"""BGP-4 for cgwd: one eBGP session per tunnel over the inside /30 (AWS .1, us .2), or, for
+an IPv6 VPN connection (a Transit Gateway's), over the inside /126 carrying IPv6 unicast only
+(``BgpPeerConfig(ipv4=False, ipv6=True)``: RFC 4760 MP_REACH/MP_UNREACH, RFC 2545 next hops,
+``derive_router_id`` for a gateway with IPv6 outside addresses only).
 
 Modules
 -------

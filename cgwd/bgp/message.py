@@ -155,6 +155,16 @@ class Route:
         return (self.next_hop, self.as_path, self.origin, self.med, self.local_pref,
                 self.communities, self.atomic_aggregate, self.aggregator)
 
+    # the routing layer's OfferedRoute (cgwd.routing.source)
+    def preference(self) -> tuple:
+        """AWS's tunnel choice: shortest AS_PATH (AS_SET counts 1), then lowest MED
+        (compared always, missing = 0)."""
+        return (as_path_length(self.as_path), self.med or 0)
+
+    def describe(self) -> dict:
+        return {"source": "bgp", "bgp_next_hop": self.next_hop, "as_path": self.as_path_list(),
+                "as_path_str": self.as_path_str(), "med": self.med}
+
 
 def as_path_length(path) -> int:
     n = 0
@@ -274,6 +284,7 @@ class UpdateResult:
     eor: tuple | None = None
     treat_as_withdraw: bool = False
     errors: list = field(default_factory=list)
+    link_local: str | None = None   # RFC 2545: the link-local half of a 32-octet IPv6 next hop
 
 
 # ------------------------------------------------------------------- framing
@@ -594,10 +605,13 @@ def _mp_next_hop(afi: int, next_hop: str | None) -> bytes:
 
 
 # ------------------------------------------------------------------- UPDATE encode
-def encode_update(withdrawn=(), routes=(), as4: bool = True, ibgp: bool = False) -> list[bytes]:
+def encode_update(withdrawn=(), routes=(), as4: bool = True, ibgp: bool = False,
+                  link_local: str | None = None) -> list[bytes]:
     """Pack withdrawals and routes into as few UPDATE messages as fit (<= 4096 octets).
 
-    Routes with identical attributes share messages. IPv6 goes in MP_REACH/MP_UNREACH.
+    Routes with identical attributes share messages. IPv6 goes in MP_REACH/MP_UNREACH (the
+    very first attribute, RFC 7606 5.1) with the route's global next hop, followed by
+    ``link_local`` when given (a 32-octet next hop, RFC 2545 3).
     """
     msgs: list[bytes] = []
     budget = MAX_MESSAGE_LEN - HEADER_LEN - 4
@@ -645,6 +659,8 @@ def encode_update(withdrawn=(), routes=(), as4: bool = True, ibgp: bool = False)
                 msgs.append(_update_body(b"", attrs, bytes(cur)))
         else:
             nh = _mp_next_hop(AFI_IPV6, r.next_hop)
+            if link_local:
+                nh += ipaddress.IPv6Address(link_local).packed
             hdr = struct.pack("!HBB", AFI_IPV6, 1, len(nh)) + nh + b"\x00"
             base = encode_attributes(r, as4, mp_reach=hdr, ibgp=ibgp)
             room = budget - len(base) - 2  # may switch to extended length
@@ -674,10 +690,13 @@ def encode_end_of_rib(afi: int = AFI_IPV4, safi: int = SAFI_UNICAST) -> bytes:
 
 
 # ------------------------------------------------------------------- UPDATE decode
-def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
+def decode_update(body, *, as4: bool, ibgp: bool = False, mp_nlri: bool = False) -> UpdateResult:
     """Decode an UPDATE body with RFC 7606 revised error handling.
 
-    Raises BgpError only where RFC 7606 requires a session reset.
+    Raises BgpError only where RFC 7606 requires a session reset. ``mp_nlri``: the session
+    carries a family whose NLRI travel only in MP_REACH/MP_UNREACH (IPv6 unicast): an
+    attribute list that breaks off before both were found leaves NLRI that cannot be
+    located, so treat-as-withdraw is impossible and the session resets (RFC 7606 5.2, 3.j).
     """
     res = UpdateResult()
     n = len(body)
@@ -718,20 +737,22 @@ def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
     atomic = False
     aggregator = None
     as4_aggregator = None
-    mp_reach = None           # (afi, safi, next_hop, [prefixes])
+    mp_reach = None           # (afi, safi, next_hop, [prefixes], link-local next hop)
     mp_unreach = None         # (afi, safi, [prefixes])
     other_attrs = False
+    cut = False               # the attribute list broke off (RFC 7606 4): the rest unread
+    nh_malformed = False
     i = astart
     while i < aend:
         if i + 3 > aend:
             errors.append("attribute header overruns attribute list")
-            taw = True
+            taw = cut = True
             break
         flags, code = body[i], body[i + 1]
         if flags & FLAG_EXTENDED:
             if i + 4 > aend:
                 errors.append("attribute header overruns attribute list")
-                taw = True
+                taw = cut = True
                 break
             alen_ = (body[i + 2] << 8) | body[i + 3]
             vstart = i + 4
@@ -741,7 +762,7 @@ def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
         vend = vstart + alen_
         if vend > aend:
             errors.append(f"attribute {code} length overruns attribute list")
-            taw = True
+            taw = cut = True
             break
         val = body[vstart:vend]
         i = vend
@@ -802,8 +823,7 @@ def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
                 taw = True
         elif code == ATTR_NEXT_HOP:
             if len(val) != 4:
-                errors.append("malformed NEXT_HOP")
-                taw = True
+                nh_malformed = True     # treat-as-withdraw if IPv4 NLRI need it (below)
             else:
                 next_hop = f"{val[0]}.{val[1]}.{val[2]}.{val[3]}"
         elif code == ATTR_MED:
@@ -864,6 +884,19 @@ def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
                 as4_aggregator = (struct.unpack("!I", val[:4])[0], f"{ip[0]}.{ip[1]}.{ip[2]}.{ip[3]}")
         # others (ext communities, large communities, originator, cluster): accepted, unused
 
+    if cut and mp_nlri and (mp_reach is None or mp_unreach is None):
+        # RFC 7606 5.2 / 3.j: treat-as-withdraw needs every NLRI located; an MP attribute
+        # may sit in the unread rest of the list, so only a session reset is safe
+        raise BgpError(3, 1, reason="attribute list malformed before the MP_REACH_NLRI/"
+                                    "MP_UNREACH_NLRI could be located")
+    if nh_malformed:
+        if nlri:
+            errors.append("malformed NEXT_HOP")
+            taw = True
+        else:
+            # RFC 4760 3: an UPDATE with no IPv4 NLRI ignores NEXT_HOP
+            errors.append("malformed NEXT_HOP ignored (no IPv4 NLRI: RFC 4760 3)")
+
     # RFC 6793 4.2.3 reconstruction
     if not as4 and as_path is not None:
         if aggregator is not None and as4_aggregator is not None:
@@ -885,6 +918,7 @@ def decode_update(body, *, as4: bool, ibgp: bool = False) -> UpdateResult:
     if mp_reach is not None and mp_reach[1] == SAFI_UNICAST and mp_reach[0] in (AFI_IPV4, AFI_IPV6):
         announced_prefixes += mp_reach[3]
         mp_nh = mp_reach[2]
+        res.link_local = mp_reach[4]
     res.withdrawn = list(withdrawn)
     if mp_unreach is not None and mp_unreach[1] == SAFI_UNICAST:
         res.withdrawn += mp_unreach[2]
@@ -925,16 +959,21 @@ def _decode_mp_reach(val) -> tuple:
     nh_raw = bytes(val[4:4 + nhl])
     nlri_raw = val[5 + nhl:]
     if safi != SAFI_UNICAST or afi not in (AFI_IPV4, AFI_IPV6):
-        return (afi, safi, None, [])
+        return (afi, safi, None, [], None)
+    link_local = None
     if afi == AFI_IPV4:
         if nhl != 4:
             raise ValueError(f"IPv4 next hop length {nhl}")
         nh = str(ipaddress.IPv4Address(nh_raw))
     else:
+        # RFC 2545 3: the global address, optionally followed by the link-local one
         if nhl not in (16, 32):
-            raise ValueError(f"IPv6 next hop length {nhl}")
+            raise ValueError(f"IPv6 next hop length {nhl} (16 or 32 expected)")
         nh = str(ipaddress.IPv6Address(nh_raw[:16]))
-    return (afi, safi, nh, decode_prefixes(nlri_raw, afi))
+        if nhl == 32:
+            ll = ipaddress.IPv6Address(nh_raw[16:])
+            link_local = str(ll) if ll.is_link_local else None
+    return (afi, safi, nh, decode_prefixes(nlri_raw, afi), link_local)
 
 
 def _decode_mp_unreach(val) -> tuple:

@@ -1,8 +1,11 @@
 """Import/export policy for the AWS peering.
 
 Import: default deny (RFC 8212) unless a policy is configured.  ``aws-default`` accepts
-any prefix except the default route, our own advertised prefixes (and more-specifics of
-them) and anything inside 169.254.0.0/16 (the tunnel inside /30s).
+any prefix except the default route (0.0.0.0/0 and ::/0), our own advertised prefixes (and
+more-specifics of them), anything inside 169.254.0.0/16 (the tunnel inside /30s) or inside
+one of the tunnels' inside CIDRs (``inside``: an IPv6 VPN's /126s from fd00::/8, which a
+VPC may share with ULA prefixes of its own, so not all of fd00::/8), link-local, multicast,
+loopback and unspecified space of either family.
 
 Export: the configured on-prem prefixes (optionally a default route), with a per-tunnel
 AS_PATH prepend count and MED.
@@ -61,6 +64,7 @@ class ImportPolicy:
     allow: tuple = ()
     deny: tuple = ()
     accept_default_route: bool = False
+    inside: tuple = ()           # the tunnels' inside CIDRs: never routed into a tunnel
 
     def __post_init__(self):
         mode = _MODE_ALIASES.get(self.mode, self.mode)
@@ -69,7 +73,7 @@ class ImportPolicy:
         sa = object.__setattr__
         sa(self, "mode", mode)
         nets = {}
-        for name in ("own_prefixes", "allow", "deny"):
+        for name in ("own_prefixes", "allow", "deny", "inside"):
             lst = [ipaddress.ip_network(p, strict=False) for p in getattr(self, name)]
             uniq = list(dict.fromkeys(lst))
             nets[name] = uniq
@@ -77,12 +81,13 @@ class ImportPolicy:
         sa(self, "_own", nets["own_prefixes"])
         sa(self, "_allow", nets["allow"])
         sa(self, "_deny", nets["deny"])
+        sa(self, "_inside", nets["inside"])
         sa(self, "_cache", {})
         sa(self, "_v4cache", None)
 
     def _key(self):
         return (self.mode, frozenset(self.own_prefixes), frozenset(self.allow),
-                frozenset(self.deny), self.accept_default_route)
+                frozenset(self.deny), self.accept_default_route, frozenset(self.inside))
 
     def __eq__(self, other):
         if not isinstance(other, ImportPolicy):
@@ -112,7 +117,13 @@ class ImportPolicy:
     def with_own(self, own_prefixes) -> "ImportPolicy":
         """The same policy that also refuses ``own_prefixes`` (what we advertise)."""
         return ImportPolicy(self.mode, tuple(self.own_prefixes) + tuple(own_prefixes),
-                            self.allow, self.deny, self.accept_default_route)
+                            self.allow, self.deny, self.accept_default_route, self.inside)
+
+    def with_inside(self, inside) -> "ImportPolicy":
+        """The same policy that also refuses the tunnels' inside CIDRs ``inside`` (and
+        anything inside them): a route there would take the BGP session's own path."""
+        return ImportPolicy(self.mode, self.own_prefixes, self.allow, self.deny,
+                            self.accept_default_route, tuple(self.inside) + tuple(inside))
 
     def to_config(self):
         """The config-file spelling: "aws-default", "none", "any" or the allow list."""
@@ -148,6 +159,11 @@ class ImportPolicy:
             return "default route"
         if net.version == 4 and net.subnet_of(LINK_LOCAL4):
             return "inside tunnel address range 169.254.0.0/16"
+        if any(net.version == i.version and net.subnet_of(i) for i in self._inside):
+            return "a tunnel's inside CIDR"
+        if net.version == 6 and (net.subnet_of(LINK_LOCAL6) or net.is_multicast or net.is_loopback
+                                 or net.is_unspecified):
+            return "IPv6 link-local, multicast, loopback or unspecified space"
         if any(net.version == o.version and net.subnet_of(o) for o in self._own):
             return "one of our own advertised prefixes"
         return "not allowed by policy"
@@ -157,7 +173,7 @@ class ImportPolicy:
         if nets is None:
             def conv(lst):
                 return [(int(n.network_address), n.prefixlen) for n in lst if n.version == 4]
-            nets = (conv(self._own), conv(self._allow), conv(self._deny))
+            nets = (conv(self._own), conv(self._allow), conv(self._deny), conv(self._inside))
             object.__setattr__(self, "_v4cache", nets)
         return nets
 
@@ -183,7 +199,7 @@ class ImportPolicy:
         if not (0 <= plen <= 32) or max(a, b, c, d) > 255 or min(a, b, c, d) < 0:
             return None
         addr = (a << 24) | (b << 16) | (c << 8) | d
-        own, allow, deny = self._v4_nets()
+        own, allow, deny, inside = self._v4_nets()
         if deny and self._covered(addr, plen, deny):
             return False
         if self.mode == "any":
@@ -191,6 +207,8 @@ class ImportPolicy:
         if plen == 0 and not self.accept_default_route:
             return False
         if plen >= 16 and a == 169 and b == 254:                 # inside tunnel addresses
+            return False
+        if inside and self._covered(addr, plen, inside):
             return False
         if plen >= 4 and a >= 224 or plen >= 8 and a == 127:      # multicast/reserved, loopback
             return False
@@ -216,7 +234,10 @@ class ImportPolicy:
             return False
         if net.version == 4 and net.subnet_of(LINK_LOCAL4):
             return False
-        if net.version == 6 and (net.subnet_of(LINK_LOCAL6) or net.is_multicast):
+        if net.version == 6 and (net.subnet_of(LINK_LOCAL6) or net.is_multicast or net.is_loopback
+                                 or net.is_unspecified):
+            return False
+        if any(net.version == i.version and net.subnet_of(i) for i in self._inside):
             return False
         if net.version == 4 and (net.is_multicast or net.is_loopback or net.is_reserved):
             return False
@@ -227,20 +248,33 @@ class ImportPolicy:
         return True
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportPolicy:
-    """What we announce on a tunnel."""
+    """What we announce on a tunnel: the one builder of our announcements."""
     prefixes: tuple = ()
     default_route: bool = False
     prepend: int = 0          # extra copies of our ASN (makes this tunnel the backup)
     med: int | None = None
     limit: int | None = VGW_EXPORT_LIMIT
+    family: int = 4           # the VPN's inner family: its default route is 0.0.0.0/0 or ::/0
+
+    def __post_init__(self):
+        object.__setattr__(self, "prefixes", tuple(str(ipaddress.ip_network(str(p), strict=False))
+                                                   for p in self.prefixes))
+
+    @classmethod
+    def from_tunnel(cls, tunnel) -> "ExportPolicy":
+        """The export policy of a :class:`cgwd.config.TunnelConfig`: its ``advertise``,
+        ``advertise_default``, ``prepend``, ``med`` and ``max_advertise`` (the gateway's
+        limit: 100 to a VGW, 1000 to a Transit Gateway) and inner family."""
+        return cls(tuple(tunnel.advertise), tunnel.advertise_default, tunnel.prepend, tunnel.med,
+                   tunnel.max_advertise, tunnel.inner_family)
 
     def routes(self, local_asn: int) -> list[Route]:
         """Routes for BgpSession.announce() (the session adds our ASN once itself)."""
         prefixes = [str(ipaddress.ip_network(p, strict=False)) for p in self.prefixes]
         if self.default_route:
-            prefixes.append("0.0.0.0/0")
+            prefixes.append("::/0" if self.family == 6 else "0.0.0.0/0")
         seen: dict = {}
         for p in prefixes:
             seen.setdefault(p, None)

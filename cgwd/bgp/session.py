@@ -8,11 +8,25 @@ A session may have up to two TCP connections at a time (one we opened, ``outboun
 and one the peer opened): both run the OPEN exchange and collision detection
 (RFC 4271 6.8) keeps one.  With a single connection the ``outbound`` keyword of
 ``receive_data``/``data_to_send``/``connection_lost`` may be left out.
+
+States are :class:`State`; what a message does in a state is the :data:`_DISPATCH` table.
+Timers are **one schedule** (:class:`_Schedule`) of ``(deadline, action)`` entries:
+``get_timer()`` is its earliest deadline and ``handle_timer(now)`` pops and runs exactly
+the entries due, so after ``handle_timer(t)`` the next deadline is None or later than t.
+
+Maximum-prefix teardown (Cease / 1, sent by us on the RIB's request or received from the
+peer) restarts after a growing delay, as BIRD's ``receive limit ... action restart`` with
+its ``error wait time`` and ``error forget time``: ``limit_restart`` seconds, doubled on every
+trip up to ``limit_restart_max``, forgotten after ``limit_forget`` seconds of a session that
+stayed up; ``limit_restart=None`` keeps the session down until :meth:`restart`.
 """
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
+import struct
+import zlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -21,12 +35,32 @@ from .message import BgpError, Route
 
 log = logging.getLogger("cgwd.bgp.session")
 
-IDLE, CONNECT, ACTIVE, OPENSENT, OPENCONFIRM, ESTABLISHED = (
-    "Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established")
+
+class State(enum.StrEnum):
+    IDLE = "Idle"
+    CONNECT = "Connect"
+    ACTIVE = "Active"
+    OPENSENT = "OpenSent"
+    OPENCONFIRM = "OpenConfirm"
+    ESTABLISHED = "Established"
+
+
+IDLE, CONNECT, ACTIVE, OPENSENT, OPENCONFIRM, ESTABLISHED = State
 _RANK = {IDLE: 0, CONNECT: 1, ACTIVE: 1, OPENSENT: 2, OPENCONFIRM: 3, ESTABLISHED: 4}
+
+
+class Timer(enum.StrEnum):
+    """The actions of the session's one schedule."""
+    CONNECT_RETRY = "connect-retry"     # Connect/Active: open a new TCP connection
+    RESTART = "restart"                 # Idle: automatic start (idle hold, max-prefix delay)
+    HOLD = "hold"                       # per connection: the peer said nothing for too long
+    KEEPALIVE = "keepalive"             # per connection: our KEEPALIVE is due
+
 
 LARGE_HOLD = 240.0          # RFC 4271 8: hold timer while waiting for OPEN
 MAX_IDLE_HOLD = 60.0
+DEFAULT_LOCAL_PREF = 100     # RFC 4271 5.1.5: what we send an internal peer
+MAX_PEER_RESTART_TIME = 360  # bound on the peer's graceful-restart time (FRR's stalepath-time)
 
 
 @dataclass
@@ -37,12 +71,65 @@ class BgpPeerConfig:
     remote_asn: int
     router_id: str
     hold_time: int = 30
-    keepalive: int | None = None        # None: hold/3
+    keepalive: float | None = None      # None: hold/3
     connect_retry: float = 5
     passive: bool = False
-    ipv6: bool = False
+    ipv6: bool = False                  # IPv6 unicast (RFC 4760 MP-BGP, RFC 2545 next hops)
+    ipv4: bool = True                   # IPv4 unicast; False with ipv6: an IPv6-only session
+    link_local_next_hop: str | None = None  # sent after the global next hop (RFC 2545 3)
     graceful_restart: bool = True       # receiving speaker (helper) procedures
     restart_time: int = 120             # what we advertise in our GR capability
+    max_peer_restart_time: int = MAX_PEER_RESTART_TIME   # longest stale time we grant the peer
+    limit_restart: float | None = 60.0  # first delay after a max-prefix teardown; None: stay down
+    limit_restart_max: float = 300.0
+    limit_forget: float = 300.0
+
+    def __post_init__(self):
+        if not self.connect_retry > 0:
+            raise ValueError(f"connect_retry must be > 0 (got {self.connect_retry})")
+        if self.keepalive is not None and not self.keepalive > 0:
+            raise ValueError(f"keepalive must be > 0 seconds or None for hold/3 (got {self.keepalive})")
+        if self.limit_restart is not None and not 0 < self.limit_restart <= self.limit_restart_max:
+            raise ValueError("limit_restart must be > 0 and <= limit_restart_max, or None")
+        if not 0 <= self.max_peer_restart_time <= 4095:
+            raise ValueError("max_peer_restart_time must be 0..4095 seconds")
+        if not (self.ipv4 or self.ipv6):
+            raise ValueError("a BGP session carries IPv4 unicast, IPv6 unicast or both")
+        if self.link_local_next_hop is not None and \
+                not ipaddress.IPv6Address(self.link_local_next_hop).is_link_local:
+            raise ValueError(f"link_local_next_hop {self.link_local_next_hop} is not link-local (fe80::/10)")
+        try:
+            _rid_int(self.router_id)
+        except ValueError:
+            raise ValueError(f"router_id {self.router_id!r} must be a 4-octet BGP Identifier written as "
+                             "an IPv4 address (derive_router_id() makes one for an IPv6 address)") from None
+
+    @property
+    def families(self) -> frozenset:
+        """The (AFI, SAFI) pairs we offer in OPEN (RFC 4760 capability 1)."""
+        return frozenset(f for f, on in (((m.AFI_IPV4, m.SAFI_UNICAST), self.ipv4),
+                                         ((m.AFI_IPV6, m.SAFI_UNICAST), self.ipv6)) if on)
+
+
+def derive_router_id(address: str) -> str:
+    """A BGP Identifier (4 octets, RFC 6286) for a speaker known by ``address``: an IPv4
+    address is its own; an IPv6 one (a gateway with only IPv6 outside addresses) maps to a
+    stable value in 1.0.0.0-223.255.255.255 (unicast-looking, as peers' checks expect)."""
+    addr = ipaddress.ip_address(address)
+    if addr.version == 4:
+        return str(addr)
+    folded = zlib.crc32(addr.packed)       # a checksum to spread the bits, not a secret
+    return str(ipaddress.IPv4Address(0x01000000 + folded % 0xDF000000))
+
+
+def family_of(prefix: str) -> tuple[int, int]:
+    """(AFI, SAFI unicast) of a prefix string."""
+    return (m.AFI_IPV6 if ":" in prefix else m.AFI_IPV4, m.SAFI_UNICAST)
+
+
+def family_name(fam: tuple[int, int]) -> str:
+    afi, safi = fam
+    return f"{'ipv4' if afi == 1 else 'ipv6' if afi == 2 else afi}/{'unicast' if safi == 1 else safi}"
 
 
 # ------------------------------------------------------------------- events
@@ -62,7 +149,7 @@ class SessionDown:
     notification: tuple | None = None    # (code, subcode, data)
     sent: bool = False                   # True: we sent it; False: received
     graceful_restart: bool = False       # keep the peer's routes as stale (RFC 4724)
-    restart_time: int = 0
+    restart_time: int = 0                # bounded by max_peer_restart_time
 
 
 @dataclass
@@ -77,18 +164,46 @@ class EndOfRib:
     safi: int = m.SAFI_UNICAST
 
 
+# ------------------------------------------------------------------- schedule
+class _Schedule:
+    """(action, connection direction) -> deadline: the session's only timers."""
+    __slots__ = ("_due",)
+
+    def __init__(self):
+        self._due: dict[tuple[Timer, bool | None], float] = {}
+
+    def arm(self, action: Timer, at: float, outbound: bool | None = None) -> None:
+        self._due[(action, outbound)] = at
+
+    def cancel(self, action: Timer, outbound: bool | None = None) -> None:
+        self._due.pop((action, outbound), None)
+
+    def cancel_conn(self, outbound: bool) -> None:
+        self._due.pop((Timer.HOLD, outbound), None)
+        self._due.pop((Timer.KEEPALIVE, outbound), None)
+
+    def at(self, action: Timer, outbound: bool | None = None) -> float | None:
+        return self._due.get((action, outbound))
+
+    def next(self) -> float | None:
+        return min(self._due.values()) if self._due else None
+
+    def pop_due(self, now: float) -> list[tuple[Timer, bool | None]]:
+        due = sorted((at, k) for k, at in self._due.items() if at <= now)
+        for _at, k in due:
+            del self._due[k]
+        return [k for _at, k in due]
+
+
 # ------------------------------------------------------------------- connection
 class _Conn:
-    __slots__ = ("outbound", "state", "buf", "out", "hold_deadline", "ka_deadline",
-                 "hold", "ka", "peer_open", "closing")
+    __slots__ = ("outbound", "state", "buf", "out", "hold", "ka", "peer_open", "closing")
 
     def __init__(self, outbound: bool):
         self.outbound = outbound
         self.state = OPENSENT
         self.buf = bytearray()
         self.out = bytearray()
-        self.hold_deadline: float | None = None
-        self.ka_deadline: float | None = None
         self.hold = 0
         self.ka = 0.0
         self.peer_open: m.Open | None = None
@@ -97,6 +212,27 @@ class _Conn:
 
 def _rid_int(rid: str) -> int:
     return int(ipaddress.IPv4Address(rid))
+
+
+_IPV4_ONLY = frozenset({(m.AFI_IPV4, m.SAFI_UNICAST)})
+
+#: what each message does in each connection state (NOTIFICATION: in every state)
+_DISPATCH = {
+    (OPENSENT, m.OPEN): "_on_open",
+    (OPENCONFIRM, m.KEEPALIVE): "_on_confirm",
+    (ESTABLISHED, m.KEEPALIVE): "_on_keepalive",
+    (ESTABLISHED, m.UPDATE): "_on_update",
+    (ESTABLISHED, m.ROUTE_REFRESH): "_on_route_refresh",
+}
+#: RFC 4271 6.6: FSM error subcode for an unexpected message in a state
+_FSM_ERROR = {OPENSENT: 1, OPENCONFIRM: 2, ESTABLISHED: 3}
+#: what a due timer does
+_TIMER_ACTIONS = {
+    Timer.CONNECT_RETRY: "_on_connect_retry",
+    Timer.RESTART: "_on_restart",
+    Timer.HOLD: "_on_hold_expired",
+    Timer.KEEPALIVE: "_on_keepalive_due",
+}
 
 
 class BgpSession:
@@ -108,9 +244,10 @@ class BgpSession:
         self._to_close: list[bool] = []
         self._events: deque = deque()
         self._want_connect = False
-        self._base_timer: float | None = None  # connect-retry / idle-hold deadline
+        self._timers = _Schedule()
         self._established: _Conn | None = None
         self._as4 = True
+        self._families: frozenset = config.families   # negotiated (our offer until OPEN)
         self._peer_caps: dict = {}
         self._peer_gr: dict | None = None
         self._rib_out: dict[str, Route] = {}
@@ -120,6 +257,8 @@ class BgpSession:
         self._batch: dict = {}
         self._failures = 0
         self._closed: dict[bool, _Conn] = {}    # dropped, output not yet drained
+        self._limit_trips = 0                   # max-prefix teardowns not yet forgotten
+        self._limit_wait = False                # the pending RESTART is a max-prefix delay
         # status
         self.uptime_since: float | None = None
         self.msgs_in = {n: 0 for n in m.MESSAGE_NAMES.values()}
@@ -127,16 +266,25 @@ class BgpSession:
         self.last_error = ""
         self.last_error_at: float | None = None
         self.updates_treated_as_withdraw = 0
+        self.unnegotiated_ignored = 0          # NLRI of a family the session does not carry
         self.peer_id = ""
         self.peer_asn = config.remote_asn
         self.negotiated_hold = 0
         self.negotiated_keepalive = 0.0
         self.flaps = 0
+        self.limit_resets = 0                   # max-prefix teardowns since start
+        self.restart_delay: float | None = None  # the delay of the pending automatic restart
+        self.held_down = False                   # max-prefix teardown without automatic restart
         self.export_skipped: set = set()
 
     # ------------------------------------------------------------ public API
     @property
-    def state(self) -> str:
+    def ibgp(self) -> bool:
+        """An internal session (RFC 4271 5.1): our ASN is the peer's (a LAN router of ours)."""
+        return self.config.local_asn == self.config.remote_asn
+
+    @property
+    def state(self) -> State:
         best = self._base
         for c in self._conns.values():
             if not c.closing and _RANK[c.state] > _RANK[best]:
@@ -148,7 +296,20 @@ class BgpSession:
         if self._started:
             return
         self._started = True
+        self.held_down = False
         self._go_connect(now)
+
+    def restart(self, now: float) -> None:
+        """Operator: start again now, ending a max-prefix delay (or a stay-down)."""
+        self._limit_trips = 0
+        self.held_down = False
+        self._limit_wait = False
+        self.restart_delay = None
+        if not self._started:
+            self.start(now)
+        elif self._base == IDLE and not self._conns:
+            self._timers.cancel(Timer.RESTART)
+            self._go_connect(now)
 
     def stop(self, now: float, reason: str = "") -> None:
         """ManualStop (event 2): Cease/Administrative Shutdown on every connection."""
@@ -162,7 +323,10 @@ class BgpSession:
                 self._send_notification(c, 6, 2, m.shutdown_data(reason) if reason else b"")
             self._drop(c)
         self._base = IDLE
-        self._base_timer = None
+        self._timers.cancel(Timer.CONNECT_RETRY)
+        self._timers.cancel(Timer.RESTART)
+        self.restart_delay = None
+        self._limit_wait = False
         self._want_connect = False
         if was_up:
             self._session_down(now, "stopped" + (f": {reason}" if reason else ""),
@@ -170,11 +334,28 @@ class BgpSession:
 
     def reset(self, now: float, code: int = 6, subcode: int = 4, data: bytes = b"",
               reason: str = "") -> None:
-        """Tear down with a NOTIFICATION (e.g. Cease/1 max-prefix); restarts automatically."""
+        """Tear down with a NOTIFICATION (e.g. Cease/1 max-prefix); restarts automatically
+        (after the max-prefix delay for Cease/1)."""
         c = self._established or self._primary()
         if c is None:
             return
         self._error(c, now, BgpError(code, subcode, data, reason=reason or m.notification_text(code, subcode)))
+
+    def hold_down(self, now: float, code: int = 6, subcode: int = 10, reason: str = "") -> None:
+        """Tear down at once with a NOTIFICATION (default Cease / BFD Down, RFC 9384) and stay
+        Idle, refusing connections, until :meth:`restart` (BFD's gate on a LAN session)."""
+        self.held_down = True
+        self._limit_wait = False
+        self._timers.cancel(Timer.RESTART)
+        self.restart_delay = None
+        c = self._established or self._primary()
+        if c is not None:
+            self._error(c, now, BgpError(code, subcode, b"", reason=reason or m.notification_text(code, subcode)))
+        for other in list(self._conns.values()):
+            self._drop(other)
+        self._base = IDLE
+        self._want_connect = False
+        self._timers.cancel(Timer.CONNECT_RETRY)
 
     def wants_connect(self) -> bool:
         """True once per requested outbound TCP connection attempt."""
@@ -184,7 +365,8 @@ class BgpSession:
 
     def connection_made(self, now: float, *, outbound: bool) -> None:
         """A TCP connection is up (Tcp_CR_Acked / TcpConnectionConfirmed)."""
-        if not self._started:
+        if not self._started or self.held_down or self._limit_wait:
+            # not started, or waiting out a max-prefix delay (RFC 4271 8.2.2: Idle refuses)
             self._to_close.append(outbound)
             return
         old = self._conns.get(outbound)
@@ -197,8 +379,8 @@ class BgpSession:
             self._base = ACTIVE
         self._send(c, self._open_message(), m.OPEN)
         c.state = OPENSENT
-        c.hold_deadline = now + LARGE_HOLD
-        self._base_timer = None       # connect-retry stops while a connection is open
+        self._timers.arm(Timer.HOLD, now + LARGE_HOLD, outbound)
+        self._timers.cancel(Timer.CONNECT_RETRY)     # stops while a connection is open
 
     def connection_lost(self, now: float, *, outbound: bool | None = None) -> None:
         """TCP connection failed or closed (TcpConnectionFails, event 18)."""
@@ -228,7 +410,7 @@ class BgpSession:
             self.last_error = "connection lost"
             self.last_error_at = now
             self._session_down(now, "connection lost", None, graceful=graceful,
-                               restart_time=gr["restart_time"] if gr else 0)
+                               restart_time=self._peer_restart_time())
             if not self._conns:
                 self._idle(now)
         elif not self._conns and self._started:
@@ -262,7 +444,11 @@ class BgpSession:
         if off:
             del buf[:off]
         self._flush_batch()
-        self._check_keepalive(now)
+        # a KEEPALIVE due while a burst was being processed goes out now, not a slice later
+        if self._established is not None:
+            at = self._timers.at(Timer.KEEPALIVE, self._established.outbound)
+            if at is not None and now >= at:
+                self._on_keepalive_due(now, self._established.outbound)
 
     def data_to_send(self, outbound: bool | None = None) -> bytes:
         """Bytes to write on the connection ``outbound`` (None: the only connection)."""
@@ -283,15 +469,13 @@ class BgpSession:
         return out
 
     def get_timer(self) -> float | None:
-        ts = [self._base_timer] if self._base_timer is not None else []
-        for c in self._conns.values():
-            if c.closing:
-                continue
-            if c.hold_deadline is not None:
-                ts.append(c.hold_deadline)
-            if c.ka_deadline is not None:
-                ts.append(c.ka_deadline)
-        return min(ts) if ts else None
+        """The earliest deadline of the schedule, or None."""
+        return self._timers.next()
+
+    def handle_timer(self, now: float) -> None:
+        """Run exactly the schedule's entries due at ``now``."""
+        for action, outbound in self._timers.pop_due(now):
+            getattr(self, _TIMER_ACTIONS[action])(now, outbound)
 
     def peer_alive(self, now: float, outbound: bool | None = None) -> None:
         """Input from the peer is queued but not yet processed: restart the hold timer.
@@ -301,36 +485,18 @@ class BgpSession:
         """
         c = self._conns.get(outbound) if outbound is not None else self._primary()
         if c is not None and not c.closing and c.state in (OPENCONFIRM, ESTABLISHED) and c.hold:
-            c.hold_deadline = now + c.hold
+            self._timers.arm(Timer.HOLD, now + c.hold, c.outbound)
 
-    def request_refresh(self, afi: int = m.AFI_IPV4, safi: int = m.SAFI_UNICAST) -> bool:
-        """Ask the peer to re-send its routes (RFC 2918), e.g. after an import policy change."""
+    def request_refresh(self, afi: int | None = None, safi: int = m.SAFI_UNICAST) -> bool:
+        """Ask the peer to re-send its routes (RFC 2918), e.g. after an import policy change;
+        ``afi`` None: every family the session carries."""
         c = self._established
         if c is None or not self._peer_caps.get("route_refresh"):
             return False
-        self._send(c, m.encode_route_refresh(afi, safi), m.ROUTE_REFRESH)
+        fams = sorted(self._families) if afi is None else [(afi, safi)]
+        for a, sf in fams:
+            self._send(c, m.encode_route_refresh(a, sf), m.ROUTE_REFRESH)
         return True
-
-    def keepalive_due(self, now: float) -> bool:
-        c = self._established
-        return bool(c and c.ka_deadline is not None and now >= c.ka_deadline)
-
-    def handle_timer(self, now: float) -> None:
-        for c in list(self._conns.values()):
-            if c.closing:
-                continue
-            if c.hold_deadline is not None and now >= c.hold_deadline:
-                self._error(c, now, BgpError(4, 0, reason="hold timer expired"))
-                continue
-            if c.ka_deadline is not None and now >= c.ka_deadline:
-                self._send(c, m.encode_keepalive(), m.KEEPALIVE)
-                c.ka_deadline = now + c.ka
-        if self._base_timer is not None and now >= self._base_timer:
-            self._base_timer = None
-            if self._started and not self._conns:
-                self._go_connect(now)
-            elif self._started:
-                self._base_timer = now + self.config.connect_retry
 
     def next_event(self):
         return self._events.popleft() if self._events else None
@@ -345,6 +511,8 @@ class BgpSession:
             out = self._outgoing(r)
             if out is None:
                 continue
+            if self._rib_out.get(r.prefix) == out:
+                continue
             self._rib_out[r.prefix] = out
             self._pending_wd.pop(r.prefix, None)
             self._pending_adv[r.prefix] = out
@@ -352,15 +520,38 @@ class BgpSession:
     def withdraw(self, prefixes) -> None:
         for p in prefixes:
             p = p.prefix if isinstance(p, Route) else str(ipaddress.ip_network(p, strict=False))
+            self.export_skipped.discard(p)
             if self._rib_out.pop(p, None) is not None:
                 self._pending_adv.pop(p, None)
                 self._pending_wd[p] = None
+
+    def set_exports(self, routes) -> None:
+        """Make the Adj-RIB-Out exactly ``routes`` (reconfigure): withdraw what is gone,
+        announce what is new or changed, leave the rest alone."""
+        routes = [Route(r) if isinstance(r, str) else r for r in routes]
+        keep = {str(ipaddress.ip_network(r.prefix, strict=False)) for r in routes}
+        self.withdraw([p for p in list(self._rib_out) + list(self.export_skipped) if p not in keep])
+        self.announce(routes)
+
+    def set_link_local_next_hop(self, address: str | None) -> None:
+        """The link-local address sent after the global next hop of IPv6 routes (RFC 2545 3:
+        the peer shares the inside subnet), or None: 16-octet next hops. Taken from the tunnel
+        interface once it exists; a change re-announces the Adj-RIB-Out."""
+        if address is not None and not ipaddress.IPv6Address(address).is_link_local:
+            raise ValueError(f"{address} is not link-local (fe80::/10)")
+        address = str(ipaddress.IPv6Address(address)) if address is not None else None
+        if address == self.config.link_local_next_hop:
+            return
+        self.config.link_local_next_hop = address
+        if self._established is not None:
+            self._pending_adv.update({p: r for p, r in self._rib_out.items() if family_of(p)[0] == m.AFI_IPV6})
 
     def advertised(self) -> list[Route]:
         return list(self._rib_out.values())
 
     def status(self) -> dict:
         c = self._established
+        held = {p for p in self._rib_out if family_of(p) not in self._families} if c else set()
         return {
             "state": self.state,
             "uptime_since": self.uptime_since,
@@ -374,12 +565,21 @@ class BgpSession:
             "messages_in": dict(self.msgs_in),
             "messages_out": dict(self.msgs_out),
             "prefixes_received": len(self._rib_in),
-            "prefixes_advertised": len(self._rib_out),
-            "prefixes_not_advertised": sorted(self.export_skipped),
+            "prefixes_advertised": len(self._rib_out) - len(held),
+            # refused by the session's families, or of a family the peer did not take
+            "prefixes_not_advertised": sorted(self.export_skipped | held),
             "updates_treated_as_withdraw": self.updates_treated_as_withdraw,
+            "unnegotiated_ignored": self.unnegotiated_ignored,
+            "families": sorted(family_name(f) for f in self._families),
             "last_error": self.last_error,
             "flaps": self.flaps,
             "capabilities": dict(self._peer_caps),
+            "limit_resets": self.limit_resets,
+            # a pending automatic restart (monotonic deadline) and its delay; held_down: a
+            # max-prefix teardown with no automatic restart
+            "restart_at": self._timers.at(Timer.RESTART),
+            "restart_delay": self.restart_delay,
+            "held_down": self.held_down,
         }
 
     # ------------------------------------------------------------ internals
@@ -400,20 +600,24 @@ class BgpSession:
             return hold / 3
         return min(ka, hold / 3) if hold < self.config.hold_time else ka
 
+    def _peer_restart_time(self) -> int:
+        gr = self._peer_gr
+        return min(gr["restart_time"], self.config.max_peer_restart_time) if gr else 0
+
     def _open_message(self) -> bytes:
         cfg = self.config
-        caps = [m.cap_mp(m.AFI_IPV4)]
-        if cfg.ipv6:
-            caps.append(m.cap_mp(m.AFI_IPV6))
+        caps = [m.cap_mp(afi, safi) for afi, safi in sorted(cfg.families)]
         caps += [m.cap_route_refresh(), m.cap_as4(cfg.local_asn)]
         if cfg.graceful_restart:
             caps.append(m.cap_graceful_restart(cfg.restart_time))
         return m.encode_open(cfg.local_asn, cfg.hold_time, cfg.router_id, caps)
 
-    def _outgoing(self, r: Route) -> Route:
+    def _outgoing(self, r: Route) -> Route | None:
         cfg = self.config
         path = r.as_path
-        if path and path[0][0] == m.AS_SEQUENCE:
+        if self.ibgp:
+            pass                   # RFC 4271 5.1.2: no AS of ours added inside our AS
+        elif path and path[0][0] == m.AS_SEQUENCE:
             path = ((m.AS_SEQUENCE, (cfg.local_asn,) + tuple(path[0][1])),) + tuple(path[1:])
         else:
             path = ((m.AS_SEQUENCE, (cfg.local_asn,)),) + tuple(path)
@@ -425,23 +629,47 @@ class BgpSession:
                         "next hop: skipped", cfg.remote_address, r.prefix)
             self.export_skipped.add(r.prefix)
             return None
-        if v6_prefix and not cfg.ipv6:
-            log.warning("BGP %s: %s not announced: IPv6 unicast not enabled (ipv6=False)",
-                        cfg.remote_address, r.prefix)
+        if v6_prefix and not cfg.ipv6 or not v6_prefix and not cfg.ipv4:
+            log.warning("BGP %s: %s not announced: the session does not carry IPv%s unicast",
+                        cfg.remote_address, r.prefix, 6 if v6_prefix else 4)
             self.export_skipped.add(r.prefix)
             return None
         self.export_skipped.discard(r.prefix)
-        return Route(r.prefix, nh, path, r.origin, r.med, None, r.communities,
+        local_pref = (r.local_pref if r.local_pref is not None else DEFAULT_LOCAL_PREF) if self.ibgp else None
+        return Route(r.prefix, nh, path, r.origin, r.med, local_pref, r.communities,
                      r.atomic_aggregate, r.aggregator)
 
+    # ------------------------------------------------------------ timer actions
+    def _on_connect_retry(self, now: float, _outbound) -> None:
+        if self._started and not self._conns:
+            self._go_connect(now)
+
+    def _on_restart(self, now: float, _outbound) -> None:
+        self._limit_wait = False
+        self.restart_delay = None
+        if self._started and not self._conns:
+            self._go_connect(now)
+
+    def _on_hold_expired(self, now: float, outbound: bool) -> None:
+        c = self._conns.get(outbound)
+        if c is not None and not c.closing:
+            self._error(c, now, BgpError(4, 0, reason="hold timer expired"))
+
+    def _on_keepalive_due(self, now: float, outbound: bool) -> None:
+        c = self._conns.get(outbound)
+        if c is not None and not c.closing and c.ka:
+            self._send(c, m.encode_keepalive(), m.KEEPALIVE)
+            self._timers.arm(Timer.KEEPALIVE, now + c.ka, outbound)
+
+    # ------------------------------------------------------------ state changes
     def _go_connect(self, now: float) -> None:
         if self.config.passive:
             self._base = ACTIVE
-            self._base_timer = None
+            self._timers.cancel(Timer.CONNECT_RETRY)
         else:
             self._base = CONNECT
             self._want_connect = True
-            self._base_timer = now + self.config.connect_retry
+            self._timers.arm(Timer.CONNECT_RETRY, now + self.config.connect_retry)
 
     def _connect_failed(self, now: float) -> None:
         if self._started and self._base != IDLE:
@@ -452,17 +680,45 @@ class BgpSession:
         self._base = ACTIVE
         self._want_connect = False
         if not self.config.passive:
-            self._base_timer = now + self.config.connect_retry
+            self._timers.arm(Timer.CONNECT_RETRY, now + self.config.connect_retry)
 
     def _idle(self, now: float) -> None:
-        """Back to Idle; automatic restart after the idle hold time (RFC 4271 8.1.1)."""
+        """Back to Idle; automatic restart after the idle hold time (RFC 4271 8.1.1), or
+        after the growing max-prefix delay."""
         self._base = IDLE
         self._want_connect = False
-        if self._started:
-            hold = min(self.config.connect_retry * (2 ** min(self._failures, 4)), MAX_IDLE_HOLD)
-            self._base_timer = now + hold
-        else:
-            self._base_timer = None
+        self._timers.cancel(Timer.CONNECT_RETRY)
+        if not self._started:
+            self._timers.cancel(Timer.RESTART)
+            return
+        if self._limit_wait or self.held_down:
+            return              # _limit_teardown armed (or withheld) the restart
+        hold = min(self.config.connect_retry * (2 ** min(self._failures, 4)), MAX_IDLE_HOLD)
+        self.restart_delay = hold
+        self._timers.arm(Timer.RESTART, now + hold)
+
+    def _limit_teardown(self, now: float) -> None:
+        """A max-prefix teardown (Cease / 1, either side): restart after a growing delay."""
+        cfg = self.config
+        up = self.uptime_since
+        if up is not None and now - up >= cfg.limit_forget:
+            self._limit_trips = 0          # the session had stayed up long enough: forgiven
+        self._limit_trips += 1
+        self.limit_resets += 1
+        if cfg.limit_restart is None:
+            self.held_down = True
+            self._limit_wait = False
+            self.restart_delay = None
+            self._timers.cancel(Timer.RESTART)
+            log.warning("BGP %s: maximum prefix count teardown: staying down until restarted",
+                        cfg.remote_address)
+            return
+        delay = min(cfg.limit_restart * 2 ** (self._limit_trips - 1), cfg.limit_restart_max)
+        self._limit_wait = True
+        self.restart_delay = delay
+        self._timers.arm(Timer.RESTART, now + delay)
+        log.warning("BGP %s: maximum prefix count teardown #%d: restart in %.0f s",
+                    cfg.remote_address, self._limit_trips, delay)
 
     def _send(self, c: _Conn, data: bytes, mtype: int) -> None:
         c.out += data
@@ -474,8 +730,8 @@ class BgpSession:
     def _drop(self, c: _Conn) -> None:
         """Mark a connection for closing (after its pending output is written)."""
         c.closing = True
-        c.hold_deadline = c.ka_deadline = None
         if self._conns.get(c.outbound) is c:
+            self._timers.cancel_conn(c.outbound)
             del self._conns[c.outbound]
             self._closed[c.outbound] = c
         if self._established is c:
@@ -484,6 +740,7 @@ class BgpSession:
 
     def _remove(self, c: _Conn) -> None:
         if self._conns.get(c.outbound) is c:
+            self._timers.cancel_conn(c.outbound)
             del self._conns[c.outbound]
         if self._closed.get(c.outbound) is c:
             del self._closed[c.outbound]
@@ -499,12 +756,17 @@ class BgpSession:
         self.last_error = f"sent: {m.notification_text(e.code, e.subcode, e.data)} ({e.reason})"
         self.last_error_at = now
         self._drop(c)
+        if (e.code, e.subcode) == (6, 1):
+            self._limit_teardown(now)
         if was_est:
             self._failures = 0 if e.code in (4, 6) else self._failures + 1
             self._session_down(now, e.reason, (e.code, e.subcode, e.data), sent=True)
         else:
             self._failures += 1
-        if not self._conns:
+        if not self._conns or self._limit_wait or self.held_down:
+            for other in list(self._conns.values()):
+                self._send_notification(other, e.code, e.subcode, e.data)
+                self._drop(other)
             self._idle(now)
 
     def _session_down(self, now, reason, notification, *, sent=False, graceful=False,
@@ -517,49 +779,50 @@ class BgpSession:
     # ------------------------------------------------------------ message handling
     def _handle_message(self, c: _Conn, mtype: int, body, now: float) -> None:
         self.msgs_in[m.MESSAGE_NAMES[mtype]] += 1
-        st = c.state
         if mtype == m.NOTIFICATION:
-            n = m.decode_notification(bytes(body))
-            text = n.text()
-            self.last_error = f"received: {text}"
-            self.last_error_at = now
-            was_est = c is self._established
-            self._flush_batch()
-            self._drop(c)
-            if was_est:
-                self._session_down(now, f"peer sent {text}", (n.code, n.subcode, n.data))
-            if not self._conns:
-                self._failures += 0 if n.code == 6 else 1
-                self._idle(now)
+            self._on_notification(c, body, now)
             return
-        if st == OPENSENT:
-            if mtype != m.OPEN:
-                raise BgpError(5, 1, reason=f"{m.MESSAGE_NAMES[mtype]} in OpenSent")
-            self._handle_open(c, m.decode_open(bytes(body)), now)
-            return
-        if st == OPENCONFIRM:
-            if mtype == m.KEEPALIVE:
-                self._establish(c, now)
-                return
-            raise BgpError(5, 2, reason=f"{m.MESSAGE_NAMES[mtype]} in OpenConfirm")
-        # Established
-        if mtype == m.KEEPALIVE:
-            self._restart_hold(c, now)
-        elif mtype == m.UPDATE:
-            self._restart_hold(c, now)
-            self._handle_update(c, body, now)
-        elif mtype == m.ROUTE_REFRESH:
-            rr = m.decode_route_refresh(bytes(body))
-            if rr.subtype == 0:   # normal request (RFC 2918); BoRR/EoRR markers ignored
-                self._refresh(rr.afi, rr.safi)
-        else:
-            raise BgpError(5, 3, reason="OPEN in Established")
+        handler = _DISPATCH.get((c.state, mtype))
+        if handler is None:
+            raise BgpError(5, _FSM_ERROR[c.state], reason=f"{m.MESSAGE_NAMES[mtype]} in {c.state}")
+        getattr(self, handler)(c, body, now)
+
+    def _on_notification(self, c: _Conn, body, now: float) -> None:
+        n = m.decode_notification(bytes(body))
+        text = n.text()
+        self.last_error = f"received: {text}"
+        self.last_error_at = now
+        was_est = c is self._established
+        self._flush_batch()
+        self._drop(c)
+        if (n.code, n.subcode) == (6, 1):
+            self._limit_teardown(now)       # our announcements exceed the peer's limit
+        if was_est:
+            self._session_down(now, f"peer sent {text}", (n.code, n.subcode, n.data))
+        if not self._conns or self._limit_wait or self.held_down:
+            for other in list(self._conns.values()):
+                self._drop(other)
+            self._failures += 0 if n.code == 6 else 1
+            self._idle(now)
+
+    def _on_keepalive(self, c: _Conn, body, now: float) -> None:
+        self._restart_hold(c, now)
+
+    def _on_update(self, c: _Conn, body, now: float) -> None:
+        self._restart_hold(c, now)
+        self._handle_update(c, body, now)
+
+    def _on_route_refresh(self, c: _Conn, body, now: float) -> None:
+        rr = m.decode_route_refresh(bytes(body))
+        if rr.subtype == 0:   # normal request (RFC 2918); BoRR/EoRR markers ignored
+            self._refresh(rr.afi, rr.safi)
 
     def _restart_hold(self, c: _Conn, now: float) -> None:
         if c.hold:
-            c.hold_deadline = now + c.hold
+            self._timers.arm(Timer.HOLD, now + c.hold, c.outbound)
 
-    def _handle_open(self, c: _Conn, op: m.Open, now: float) -> None:
+    def _on_open(self, c: _Conn, body, now: float) -> None:
+        op = m.decode_open(bytes(body))
         cfg = self.config
         peer_as = op.peer_asn()
         if op.as4() is not None and op.asn != (peer_as if peer_as <= 0xFFFF else m.AS_TRANS) \
@@ -570,10 +833,19 @@ class BgpSession:
         if op.hold_time in (1, 2):
             raise BgpError(2, 6, reason=f"hold time {op.hold_time}")
         rid = _rid_int(op.router_id)
-        if rid == 0 or rid >= 0xE0000000:
+        if rid == 0:
+            # RFC 6286 2.2: any non-zero value (an IPv6-only speaker's need not look like IPv4)
             raise BgpError(2, 3, reason=f"BGP identifier {op.router_id}")
-        if op.as4() is None and cfg.local_asn > 0xFFFF:
-            pass  # old speaker: we send AS_TRANS + AS4_PATH
+        common = cfg.families & (op.multiprotocol() or {(m.AFI_IPV4, m.SAFI_UNICAST)})
+        if not common:
+            # RFC 5492 / RFC 4760: nothing to carry (FRR answers so too); the data names
+            # the capabilities we need
+            ours = b"".join(bytes([m.CAP_MP, 4]) + struct.pack("!HBB", afi, 0, safi)
+                            for afi, safi in sorted(cfg.families))
+            offered = ", ".join(sorted(map(family_name, op.multiprotocol() or {(1, 1)})))
+            raise BgpError(2, 7, ours, reason=f"no common address family: we carry "
+                           f"{', '.join(sorted(map(family_name, cfg.families)))}, the peer {offered}")
+        # (an old speaker without 4-octet AS support gets AS_TRANS + AS4_PATH from us)
         # collision detection (RFC 4271 6.8)
         other = self._conns.get(not c.outbound)
         if other is not None and not other.closing:
@@ -585,13 +857,15 @@ class BgpSession:
                     self._flush_batch()
                     self._drop(other)
                     self._session_down(now, "peer restarted (new connection)", None,
-                                       graceful=True, restart_time=gr["restart_time"])
+                                       graceful=True, restart_time=self._peer_restart_time())
                 else:
                     self._send_notification(c, 6, 7)
                     self._drop(c)
                     return
             if other.state in (OPENSENT, OPENCONFIRM):
-                local_lower = _rid_int(cfg.router_id) < rid
+                ours = _rid_int(cfg.router_id)
+                # RFC 6286 2.3: equal identifiers (eBGP): the larger AS number wins
+                local_lower = ours < rid if ours != rid else cfg.local_asn < peer_as
                 # lower local id: keep the connection the peer opened
                 loser = (c if c.outbound else other) if local_lower else (other if c.outbound else c)
                 self._send_notification(loser, 6, 7)
@@ -604,16 +878,20 @@ class BgpSession:
         c.ka = self._cfg_keepalive(hold)
         self._send(c, m.encode_keepalive(), m.KEEPALIVE)
         c.state = OPENCONFIRM
-        c.hold_deadline = now + hold if hold else None
-        c.ka_deadline = now + c.ka if hold else None
+        if hold:
+            self._timers.arm(Timer.HOLD, now + hold, c.outbound)
+            self._timers.arm(Timer.KEEPALIVE, now + c.ka, c.outbound)
+        else:
+            self._timers.cancel_conn(c.outbound)
 
-    def _establish(self, c: _Conn, now: float) -> None:
+    def _on_confirm(self, c: _Conn, body, now: float) -> None:
         op = c.peer_open
         c.state = ESTABLISHED
         self._restart_hold(c, now)
         self._established = c
         self._base = IDLE
-        self._base_timer = None
+        self._timers.cancel(Timer.CONNECT_RETRY)
+        self._timers.cancel(Timer.RESTART)
         self._failures = 0
         other = self._conns.get(not c.outbound)
         if other is not None and not other.closing:
@@ -623,9 +901,10 @@ class BgpSession:
         gr = op.graceful_restart()
         self._peer_gr = gr
         mp = op.multiprotocol() or {(m.AFI_IPV4, m.SAFI_UNICAST)}
+        self._families = frozenset(self.config.families & mp)
         caps = {
-            "multiprotocol": sorted(f"{'ipv4' if a == 1 else 'ipv6' if a == 2 else a}"
-                                    f"/{'unicast' if s == 1 else s}" for a, s in mp),
+            "multiprotocol": sorted(family_name(f) for f in mp),
+            "families": sorted(family_name(f) for f in self._families),   # what the session carries
             "four_octet_as": self._as4,
             "route_refresh": op.route_refresh(),
             "graceful_restart": ({"restart_time": gr["restart_time"],
@@ -646,19 +925,18 @@ class BgpSession:
         self._pending_adv = dict(self._rib_out)
         self._pending_wd = {}
         self._flush_updates()
-        self._send(c, m.encode_end_of_rib(), m.UPDATE)
-        if self.config.ipv6:
-            self._send(c, m.encode_end_of_rib(m.AFI_IPV6), m.UPDATE)
+        for afi, safi in sorted(self._families):      # RFC 4724 2: one per family carried
+            self._send(c, m.encode_end_of_rib(afi, safi), m.UPDATE)
         if c.ka:
-            c.ka_deadline = now + c.ka
+            self._timers.arm(Timer.KEEPALIVE, now + c.ka, c.outbound)
 
     def _refresh(self, afi: int, safi: int) -> None:
         c = self._established
-        if c is None or safi != m.SAFI_UNICAST:
+        if c is None or (afi, safi) not in self._families:
             return
-        want = 4 if afi == m.AFI_IPV4 else 6
-        routes = [r for r in self._rib_out.values() if (":" in r.prefix) == (want == 6)]
-        for msg in m.encode_update((), routes, as4=self._as4):
+        routes = [r for r in self._rib_out.values() if family_of(r.prefix) == (afi, safi)]
+        for msg in m.encode_update((), routes, as4=self._as4, ibgp=self.ibgp,
+                                   link_local=self.config.link_local_next_hop):
             self._send(c, msg, m.UPDATE)
 
     def _flush_updates(self) -> None:
@@ -668,8 +946,10 @@ class BgpSession:
                 self._pending_adv.clear()
                 self._pending_wd.clear()
             return
-        msgs = m.encode_update(list(self._pending_wd), list(self._pending_adv.values()),
-                               as4=self._as4)
+        fams = self._families
+        msgs = m.encode_update([p for p in self._pending_wd if family_of(p) in fams],
+                               [r for r in self._pending_adv.values() if family_of(r.prefix) in fams],
+                               as4=self._as4, ibgp=self.ibgp, link_local=self.config.link_local_next_hop)
         self._pending_adv = {}
         self._pending_wd = {}
         for msg in msgs:
@@ -678,11 +958,22 @@ class BgpSession:
         # (a keepalive sent early is harmless, a late one is not)
 
     def _handle_update(self, c: _Conn, body, now: float) -> None:
-        res = m.decode_update(body, as4=self._as4)
+        fams = self._families
+        res = m.decode_update(body, as4=self._as4, ibgp=self.ibgp,
+                              mp_nlri=any(a != m.AFI_IPV4 for a, _s in fams))
         if res.eor is not None:
-            self._flush_batch()
-            self._events.append(EndOfRib(*res.eor))
+            if res.eor in fams:        # an End-of-RIB of a family not carried says nothing
+                self._flush_batch()
+                self._events.append(EndOfRib(*res.eor))
             return
+        if fams != _IPV4_ONLY:
+            # RFC 4760 6: the peer may send only the families both announced; others ignored
+            keep = [r for r in res.announced if family_of(r.prefix) in fams]
+            if len(keep) != len(res.announced):
+                self.unnegotiated_ignored += len(res.announced) - len(keep)
+                log.warning("BGP %s: %d prefix(es) of a family this session does not carry ignored",
+                            self.config.remote_address, len(res.announced) - len(keep))
+                res.announced = keep
         if res.treat_as_withdraw:
             self.updates_treated_as_withdraw += 1
             log.warning("BGP %s: UPDATE treated as withdraw: %s", self.config.remote_address,
@@ -710,7 +1001,9 @@ class BgpSession:
         """eBGP checks that RFC 7606 answers with treat-as-withdraw / route ignore."""
         cfg = self.config
         path = r.as_path
-        if not path or path[0][0] != m.AS_SEQUENCE or path[0][1][0] != self.peer_asn:
+        if self.ibgp:
+            pass                   # iBGP: a route of our own AS has an empty or foreign path
+        elif not path or path[0][0] != m.AS_SEQUENCE or path[0][1][0] != self.peer_asn:
             self.updates_treated_as_withdraw += 1
             log.warning("BGP %s: AS_PATH does not start with peer AS: treat-as-withdraw",
                         cfg.remote_address)
@@ -740,8 +1033,3 @@ class BgpSession:
         self._batch = {}
         self._events.append(RoutesReceived(ann, wd))
 
-    def _check_keepalive(self, now: float) -> None:
-        c = self._established
-        if c is not None and c.ka_deadline is not None and now >= c.ka_deadline:
-            self._send(c, m.encode_keepalive(), m.KEEPALIVE)
-            c.ka_deadline = now + c.ka

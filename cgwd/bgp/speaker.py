@@ -16,6 +16,7 @@ import logging
 import socket
 from collections import deque
 
+from .md5 import set_tcp_md5
 from .session import BgpSession
 
 log = logging.getLogger("cgwd.bgp.speaker")
@@ -25,6 +26,24 @@ SLICE_BYTES = 16 * 1024
 PAUSE_BACKLOG = 256 * 1024
 RESUME_BACKLOG = 64 * 1024
 FAST_CONNECT_ATTEMPTS = (0.25, 0.5)   # seconds; see _connect
+
+
+def tune_socket(sk: socket.socket) -> None:
+    """What a BGP connection's socket gets, either family: no Nagle delay, CS6 like routers
+    (IPv4 TOS or IPv6 traffic class), and TCP keepalive probes, which find a connection the
+    peer closed while its RST was lost (a peer rejecting our connection resets it): otherwise
+    it sits in OpenSent for the 240 s hold and collision resolution refuses every connection
+    the peer opens. Each option on its own: one the kernel refuses leaves the others set."""
+    v6 = sk.family == socket.AF_INET6
+    opts = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0) if v6 else (socket.IPPROTO_IP, socket.IP_TOS, 0xC0),
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)]
+    for level, opt, value in opts:
+        try:
+            sk.setsockopt(level, opt, value)
+        except OSError:
+            pass
 
 
 class _Proto(asyncio.Protocol):
@@ -47,8 +66,9 @@ class _Proto(asyncio.Protocol):
 class BgpSpeaker:
     def __init__(self, session: BgpSession, *, local_address: str, remote_address: str,
                  port: int = 179, on_event=None, listen: bool = True,
-                 slice_bytes: int = SLICE_BYTES):
+                 slice_bytes: int = SLICE_BYTES, md5_key: bytes | None = None):
         self.session = session
+        self.md5_key = md5_key          # RFC 2385 signature to remote_address (cgwd.bgp.md5)
         self.local_address = local_address
         self.remote_address = remote_address
         self.port = port
@@ -92,10 +112,15 @@ class BgpSpeaker:
         sk = socket.socket(fam, socket.SOCK_STREAM)
         try:
             sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                # only the one address, never IPv4-mapped connections on it
+                sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
-                sk.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sk.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)   # IPv6 sockets take it too
             except OSError:
                 pass
+            if self.md5_key:
+                set_tcp_md5(sk, self.remote_address, self.md5_key)
             sk.bind((self.local_address, self.port))
             sk.listen(8)
             sk.setblocking(False)
@@ -171,18 +196,7 @@ class BgpSpeaker:
             self.session.connection_lost(self._now(), outbound=p.outbound)
         sk = p.transport.get_extra_info("socket")
         if sk is not None:
-            try:
-                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sk.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)   # CS6, like routers
-                # TCP keepalive probes find a connection the peer closed while its RST was lost
-                # (a peer rejecting our connection resets it): otherwise it sits in OpenSent for
-                # the 240 s hold and collision resolution refuses every connection the peer opens.
-                sk.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
-                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3)
-                sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-            except OSError:
-                pass
+            tune_socket(sk)
         self._protos[p.outbound] = p
         self._backlog[p.outbound].clear()
         self._backlog_bytes[p.outbound] = 0
@@ -332,6 +346,8 @@ class BgpSpeaker:
             try:
                 sk.setblocking(False)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.md5_key:
+                    set_tcp_md5(sk, self.remote_address, self.md5_key)
                 sk.bind((self.local_address, 0))
                 left = deadline - self._loop.time()
                 wait = quick.pop(0) if quick and left > 2 * quick[0] else left

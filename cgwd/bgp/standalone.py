@@ -18,11 +18,11 @@ import signal
 import sys
 import time
 
-from .kernel import KernelRoutes
+from ..routing.kernel import KernelRoutes
+from ..routing.table import RoutingTable
 from .policy import ExportPolicy
-from .routing import RoutingTable
-from .session import BgpPeerConfig, BgpSession, SessionDown, SessionUp
-from .speaker import BgpSpeaker
+from .session import BgpPeerConfig, SessionDown, SessionUp
+from .source import BgpRouteSource
 
 
 async def main(cfg_path):
@@ -33,15 +33,17 @@ async def main(cfg_path):
     rt = RoutingTable(kernel=kernel, ecmp=cfg.get("ecmp", False), import_policy="aws-default",
                       max_prefix=cfg.get("max_prefix", 1000),
                       max_prefix_action=cfg.get("max_prefix_action", "warn"),
-                      own_prefixes=cfg.get("export", []))
+                      own_prefixes=cfg.get("export", []), fail_closed=cfg.get("fail_closed", False),
+                      reconcile_interval=cfg.get("reconcile_interval", 5), name="standalone")
     rt.startup_cleanup()
+    rt.start()
     history = []
     speakers = {}
     for i, t in enumerate(cfg["tunnels"]):
-        sess = BgpSession(BgpPeerConfig(
+        peer = BgpPeerConfig(
             local_address=t["local"], remote_address=t["remote"], local_asn=cfg["local_asn"],
             remote_asn=t["remote_asn"], router_id=cfg["router_id"],
-            hold_time=t.get("hold_time", 30), connect_retry=t.get("connect_retry", 2)))
+            hold_time=t.get("hold_time", 30), connect_retry=t.get("connect_retry", 2))
 
         def then(ev, name=t["name"]):
             if isinstance(ev, (SessionUp, SessionDown)):
@@ -49,14 +51,11 @@ async def main(cfg_path):
                                 "reason": getattr(ev, "reason", ""),
                                 "notification": list(ev.notification[:2]) if getattr(ev, "notification", None) else None,
                                 "t": time.monotonic()})
-        sp = BgpSpeaker(sess, local_address=t["local"], remote_address=t["remote"],
-                        port=t.get("port", 179), on_event=rt.event_handler(t["name"], sess, then))
         exp = ExportPolicy(tuple(cfg.get("export", [])), prepend=t.get("prepend", 0), med=t.get("med"))
-        sess.announce(exp.routes(cfg["local_asn"]))
-        speakers[t["name"]] = sp
+        src = BgpRouteSource(t["name"], rt, peer, exp, index=i, on_event=then, port=t.get("port", 179))
+        speakers[t["name"]] = src
         rt.tunnel_up(t["name"], t["ifname"], t["remote"], index=i)
-        await sp.start()
-    maint = asyncio.ensure_future(rt.maintain(cfg.get("reconcile_interval", 5)))
+        await src.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -91,12 +90,9 @@ async def main(cfg_path):
             pass
     for sp in speakers.values():
         await sp.stop("cgwd test runner stopping")
-    rt.clear()
-    await loop.run_in_executor(None, rt.flush)
-    maint.cancel()
+    await rt.stop()
     probe.cancel()
     write_status(final=True)
-    rt.close()
 
 
 def run(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""Inner (tunnelled) IPv4 packet handling: TCP MSS clamping, DF clearing and
+"""Inner (tunnelled) IPv4 packet handling (IPv6: :mod:`cgwd.esp.inner6`): TCP MSS clamping, DF clearing and
 fragmentation (RFC 791) before encryption, traffic-selector checks.
 
 All functions take and return ``bytes``; they allocate only when they change a packet.
@@ -171,24 +171,30 @@ def fragment(pkt: bytes, mtu: int) -> list[bytes]:
 
 
 class Selector:
-    """Fast IPv4 traffic-selector match on raw addresses (src in A, dst in B)."""
+    """Fast traffic-selector match on raw addresses (src in A, dst in B), IPv4 or IPv6
+    (the family of the networks; the caller checks the packet is of that family)."""
 
-    __slots__ = ("any", "_src", "_smask", "_dst", "_dmask")
+    __slots__ = ("any", "family", "_src", "_smask", "_dst", "_dmask", "_s", "_d", "_w")
 
-    def __init__(self, src: ipaddress.IPv4Network, dst: ipaddress.IPv4Network) -> None:
-        src = ipaddress.IPv4Network(src)
-        dst = ipaddress.IPv4Network(dst)
+    def __init__(self, src, dst) -> None:
+        src = ipaddress.ip_network(src, strict=False)
+        dst = ipaddress.ip_network(dst, strict=False)
+        if src.version != dst.version:
+            raise ValueError("selector networks of two families")
+        self.family = src.version
         self._src = int(src.network_address)
         self._smask = int(src.netmask)
         self._dst = int(dst.network_address)
         self._dmask = int(dst.netmask)
+        self._s, self._w = (12, 4) if self.family == 4 else (8, 16)
+        self._d = self._s + self._w
         self.any = src.prefixlen == 0 and dst.prefixlen == 0
 
     def match(self, pkt: bytes) -> bool:
         if self.any:
             return True
-        s = int.from_bytes(pkt[12:16], "big")
-        d = int.from_bytes(pkt[16:20], "big")
+        s = int.from_bytes(pkt[self._s:self._d], "big")
+        d = int.from_bytes(pkt[self._d:self._d + self._w], "big")
         return (s & self._smask) == self._src and (d & self._dmask) == self._dst
 
 

@@ -1,22 +1,35 @@
 """Kernel (XFRM) ESP data path: route-based xfrm interface (or VTI) per tunnel.
 
-States carry the SA pair (UDP encapsulation template for NAT-T), three policies
-(0.0.0.0/0 <-> 0.0.0.0/0 out/in/fwd) bind traffic to the interface through
-XFRMA_IF_ID (xfrm interface) or XFRMA_MARK (VTI).  All of it is tagged with the
-tunnel's tag (reqid == if_id == mark == :func:`cgwd.esp.xfrm.tag_for(ifname)`, inside
-the 0x6367xxxx range) so that ``open`` can remove what a crashed run left behind and
-``close`` removes exactly what this object installed.
+States carry the SA pair (UDP encapsulation template for NAT-T; outer addresses IPv4 or
+IPv6; inner packets of either family, ``XFRM_STATE_AF_UNSPEC``), three policies
+(any <-> any of the inner family: 0.0.0.0/0 or ::/0, out/in/fwd) bind traffic to the
+interface through XFRMA_IF_ID (xfrm interface) or XFRMA_MARK (VTI).  All of it is tagged
+with the data path's tag (reqid == if_id == mark, handed out by :data:`cgwd.esp.xfrm.TAGS`
+in the 0x6367xxxx range, unique in the process), so that the first ``open`` of a process
+removes whatever a crashed run left in that range and ``close`` removes exactly what this
+object installed.
+
+Lifetimes: time and byte limits from the SA pair, and packet limits standing for the
+32-bit sequence number (soft 2**32 - 2**24, hard 2**32 - 1): the kernel's expire events
+become :class:`SaExpiring` (soft: rekey now; hard: gone) and, for the hard packet limit
+of the outbound state, :class:`SequenceExhausted`.
+
+Refusals: :meth:`install` raises :class:`SaInstallError` with a reason (an algorithm the
+kernel lacks, a reserved SPI, netlink refusing); a state left over with the same SPI
+(EEXIST) is replaced, not a failure. :meth:`capabilities` says which transforms and
+families this kernel takes (probed once per process over netlink).
 
 TCP MSS: the kernel does not clamp by itself (the userspace path rewrites SYNs), so ``open``
-adds two iptables mangle/FORWARD TCPMSS rules (``-o``/``-i`` the interface, tagged with the
-comment ``cgwd-mss <ifname>``) when ``mss`` is set; ``close`` and the next ``open`` after a
-crash remove them. Without iptables the path still works (PMTU discovery), and status says
-the clamp is off and why.
+adds two iptables (IPv6: ip6tables) mangle/FORWARD TCPMSS rules (``-o``/``-i`` the
+interface, tagged with the comment ``cgwd-mss <ifname>``) when clamping is on; the MSS
+follows the tunnel MTU, which follows the SA pair that sends unless configured. ``close``
+and the next ``open`` after a crash remove them. Without iptables the path still works
+(PMTU discovery), and status says the clamp is off and why.
 
 Integration note: with the kernel path, UDP-encapsulated ESP is decapsulated by the
 kernel only when the IKE endpoint's UDP 4500 socket has
-``setsockopt(IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)`` (100 = UDP_ENCAP,
-2 = ESPINUDP); the socket then only ever sees IKE (non-ESP-marker) packets.
+``setsockopt(SOL_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)`` (constants in
+:mod:`cgwd.ipsec_sa`); the socket then only ever sees IKE (non-ESP-marker) packets.
 """
 
 from __future__ import annotations
@@ -27,18 +40,21 @@ import errno
 import logging
 import os
 import shlex
+import socket
+import weakref
 
-from cgwd.esp.datapath import Datapath
-from cgwd.esp.events import SaExpiring
-from cgwd.esp.sa import SaPair
 from cgwd.esp import xfrm
+from cgwd.esp.datapath import Datapath, SaInstallError
+from cgwd.esp.events import SaExpiring, SequenceExhausted
+from cgwd.esp.mtu import transforms
+from cgwd.esp.sa import SaPair
 from cgwd.esp.xfrm import XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XfrmError, XfrmSocket
-from cgwd.ipsec_sa import IpsecSaPair
+from cgwd.ipsec_sa import UDP_ENCAP, UDP_ENCAP_ESPINUDP, EspCapabilities, IpsecSaPair
 
 log = logging.getLogger(__name__)
 
-UDP_ENCAP = 100
-UDP_ENCAP_ESPINUDP = 2
+DIRECTIONS = (XFRM_POLICY_OUT, XFRM_POLICY_IN, XFRM_POLICY_FWD)
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def _run_sync(fn):
@@ -53,7 +69,7 @@ def _probe_interface() -> tuple[bool, str, str]:
     from pyroute2 import IPRoute
 
     name = f"cgwprb{os.getpid() % 100000}"
-    tag = xfrm.TAG_BASE | 0xFFFF
+    tag = xfrm.PROBE_TAG
     errors = []
     with IPRoute() as ipr:
         for kind, extra in (("xfrm", {"xfrm_if_id": tag}), ("xfrm", {"xfrm_if_id": tag, "xfrm_link": 1}),
@@ -73,41 +89,92 @@ def _probe_interface() -> tuple[bool, str, str]:
     return False, "", "no xfrm interface or VTI support (" + "; ".join(errors) + ")"
 
 
+_PROBE_KEYS = {"aes128": 16, "aes256": 32, "aes128gcm16": 20, "aes256gcm16": 36}
+_PROBE_ICV = {"sha1": 96, "sha256": 128, "sha384": 192, "sha512": 256}
+_PROBE_IKEY = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+
+
+def _try_state(xs: XfrmSocket, enc: str, integ: str | None, *, addr: str = "127.0.0.1",
+               encap: tuple[int, int] | None = None) -> int:
+    """Add and delete a throwaway state; 0 when the kernel took it, else the errno."""
+    spi = xfrm.TAG_BASE | int.from_bytes(os.urandom(2), "big") | 0x100
+    msg = xfrm.newsa(src=addr, dst=addr, spi=spi, encryption=enc, integrity=integ,
+                     enc_key=os.urandom(_PROBE_KEYS[enc]), integ_key=os.urandom(_PROBE_IKEY[integ]) if integ else b"",
+                     icv_bits=_PROBE_ICV[integ] if integ else 0, reqid=xfrm.PROBE_TAG,
+                     replay_window=1024, encap=encap)
+    try:
+        xs.request(msg)
+    except XfrmError as exc:
+        return exc.errno
+    try:
+        xs.request(xfrm.delsa(dst=addr, spi=spi, src=addr))
+    except XfrmError:
+        pass
+    return 0
+
+
 def _probe_state() -> tuple[bool, str]:
     try:
         xs = XfrmSocket()
     except OSError as exc:
         return False, f"cannot open a NETLINK_XFRM socket: {exc}"
-    spi = xfrm.TAG_BASE | int.from_bytes(os.urandom(2), "big") | 0x100
     try:
-        msg = xfrm.newsa(src="127.0.0.1", dst="127.0.0.1", spi=spi, encryption="aes128",
-                         integrity="sha1", enc_key=os.urandom(16), integ_key=os.urandom(20),
-                         icv_bits=96, reqid=xfrm.TAG_BASE, replay_window=1024)
-        try:
-            xs.request(msg)
-        except XfrmError as exc:
-            if exc.errno == errno.EPROTONOSUPPORT:
-                return False, ("kernel has no ESP (esp4): adding an XFRM state with proto esp "
-                               "is rejected with EPROTONOSUPPORT")
-            if exc.errno in (errno.ENOENT, errno.ENOSYS):
-                return False, f"kernel lacks the ESP algorithms cbc(aes)/hmac(sha1) ({exc.strerror})"
-            if exc.errno == errno.EPERM:
-                return False, "not permitted to add XFRM states (needs CAP_NET_ADMIN)"
-            return False, f"adding a test XFRM state failed: {exc.strerror}"
-        try:
-            xs.request(xfrm.delsa(dst="127.0.0.1", spi=spi, src="127.0.0.1"))
-        except XfrmError:
-            pass
-        gcm = xfrm.newsa(src="127.0.0.1", dst="127.0.0.1", spi=spi, encryption="aes128gcm16",
-                         integrity=None, enc_key=os.urandom(20), reqid=xfrm.TAG_BASE)
-        try:
-            xs.request(gcm)
-            xs.request(xfrm.delsa(dst="127.0.0.1", spi=spi, src="127.0.0.1"))
+        err = _try_state(xs, "aes128", "sha1")
+        if err == errno.EPROTONOSUPPORT:
+            return False, ("kernel has no ESP (esp4): adding an XFRM state with proto esp "
+                           "is rejected with EPROTONOSUPPORT")
+        if err in (errno.ENOENT, errno.ENOSYS):
+            return False, f"kernel lacks the ESP algorithms cbc(aes)/hmac(sha1) ({os.strerror(err)})"
+        if err == errno.EPERM:
+            return False, "not permitted to add XFRM states (needs CAP_NET_ADMIN)"
+        if err:
+            return False, f"adding a test XFRM state failed: {os.strerror(err)}"
+        if _try_state(xs, "aes128gcm16", None) == 0:
             return True, "ESP states with AES-CBC/HMAC-SHA1 and AES-GCM accepted"
-        except XfrmError:
-            return True, "ESP states with AES-CBC/HMAC-SHA1 accepted (no AES-GCM)"
+        return True, "ESP states with AES-CBC/HMAC-SHA1 accepted (no AES-GCM)"
     finally:
         xs.close()
+
+
+def probe_capabilities() -> EspCapabilities:
+    """What this kernel's XFRM takes, found by adding (and deleting) a throwaway state per
+    transform, over IPv4 and IPv6, plain and UDP-encapsulated. Nothing if XFRM is unusable."""
+    try:
+        xs = XfrmSocket()
+    except OSError as exc:
+        return EspCapabilities(frozenset(), frozenset(), frozenset(), frozenset(), False, False,
+                               why=f"no NETLINK_XFRM socket: {exc}")
+    try:
+        ok = [(e, i) for e, i in transforms() if _try_state(xs, e, i) == 0]
+        enc = frozenset(e for e, _ in ok)
+        integ = frozenset(i for _, i in ok if i is not None)
+        if not ok:
+            return EspCapabilities(frozenset(), frozenset(), frozenset(), frozenset(), False, False,
+                                   why="kernel probe: the kernel takes no ESP state (no esp4, or none of the algorithms)")
+        e0, i0 = ok[0]
+        outer = {4}
+        if os.path.exists("/proc/sys/net/ipv6") and _try_state(xs, e0, i0, addr="::1") == 0:
+            outer.add(6)
+        inner = {4, 6} if os.path.exists("/proc/sys/net/ipv6") else {4}
+        encap = _try_state(xs, e0, i0, encap=(4500, 4500)) == 0
+        missing = [f"{e}-{i}" if i else e for e, i in transforms() if (e, i) not in ok]
+        why = "kernel probe: " + (f"lacks {', '.join(missing)}" if missing else "every transform")
+        if 6 not in outer:
+            why += "; no ESP over IPv6 (esp6)"
+        return EspCapabilities(enc, integ, frozenset(outer), frozenset(inner), encap, True, why=why)
+    finally:
+        xs.close()
+
+
+_CAPABILITIES: EspCapabilities | None = None
+
+
+def kernel_capabilities() -> EspCapabilities:
+    """:func:`probe_capabilities`, once per process."""
+    global _CAPABILITIES
+    if _CAPABILITIES is None:
+        _CAPABILITIES = probe_capabilities()
+    return _CAPABILITIES
 
 
 def probe_kernel() -> tuple[bool, str]:
@@ -121,6 +188,40 @@ def probe_kernel() -> tuple[bool, str]:
     if not iok:
         return False, f"{why}; but {iwhy}"
     return True, f"{why}; {iwhy}"
+
+
+def sweep_stale(xs: XfrmSocket) -> tuple[int, int]:
+    """Remove every state and policy in cgwd's tag range (left by a run that did not
+    stop cleanly), whatever tag it had. Returns (states, policies) removed."""
+    n_states = n_pols = 0
+    try:
+        for mtype, body in xs.query(xfrm.dumpsa()):
+            if mtype != xfrm.XFRM_MSG_NEWSA:
+                continue
+            st = xfrm.parse_usersa(body)
+            if xfrm.is_ours(st["reqid"]) or xfrm.is_ours(st["if_id"]):
+                try:
+                    xs.request(xfrm.delsa(dst=st["dst"], spi=st["spi"], src=st["src"], mark=st["mark"]))
+                    n_states += 1
+                except XfrmError:
+                    pass
+    except XfrmError as exc:
+        log.warning("could not list XFRM states: %s", exc)
+    try:
+        for mtype, body in xs.query(xfrm.dumppolicy()):
+            if mtype != xfrm.XFRM_MSG_NEWPOLICY:
+                continue
+            p = xfrm.parse_userpolicy(body)
+            if xfrm.policy_is_ours(p):
+                try:
+                    xs.request(xfrm.delpolicy(direction=p["dir"], index=p["index"], if_id=p["if_id"],
+                                              mark=p["mark"], mark_mask=p["mark_mask"]))
+                    n_pols += 1
+                except XfrmError:
+                    pass
+    except XfrmError as exc:
+        log.warning("could not list XFRM policies: %s", exc)
+    return n_states, n_pols
 
 
 MSS_COMMENT = "cgwd-mss"
@@ -172,17 +273,25 @@ class KernelDatapath(Datapath):
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self.tag = xfrm.tag_for(self.ifname)
+        self.tag = xfrm.TAGS.acquire()
+        self._release_tag = weakref.finalize(self, xfrm.TAGS.release, self.tag)
         self.mode = "xfrmi"
         self._xs: XfrmSocket | None = None
         self._events: XfrmSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pairs: dict[int, SaPair] = {}
         self._drops: dict[str, int] = {}
-        self._policies_for: tuple[str, str] | None = None
+        self._policies_for: tuple[str, str, int] | None = None
         self._link_created = False
+        self.findings: list = []
+        self.iptables = "ip6tables" if self.inner_family == 6 else "iptables"
         self.mss_clamp = "off: mss = 0 in the configuration" if not self.mss else "not installed yet"
-        self._mss_installed = False
+        self._mss_rules: list[list[str]] = []  # -A arguments of the rules we installed
+        self._mss_lock = asyncio.Lock()
+        self._mss_task: asyncio.Task | None = None
+
+    def capabilities(self) -> EspCapabilities:
+        return kernel_capabilities()
 
     # -------------------------------------------------------------- helpers
     def _ids(self) -> dict:
@@ -190,12 +299,19 @@ class KernelDatapath(Datapath):
             return {"if_id": self.tag}
         return {"mark": self.tag}
 
+    def _mark(self) -> dict:
+        return {"mark": self.tag} if self.mode == "vti" else {}
+
     def _req(self, msg: bytes, ignore: tuple[int, ...] = ()) -> None:
         try:
             self._xs.request(msg)
         except XfrmError as exc:
             if exc.errno not in ignore:
                 raise
+
+    @property
+    def _inner_af(self) -> int:
+        return socket.AF_INET6 if self.inner_family == 6 else socket.AF_INET
 
     # -------------------------------------------------------------- lifecycle
     async def open(self) -> None:
@@ -216,6 +332,8 @@ class KernelDatapath(Datapath):
 
     async def _create_link(self) -> None:
         from pyroute2 import AsyncIPRoute
+
+        from cgwd.system_checks import configure_interface
 
         ipr = AsyncIPRoute()
         try:
@@ -239,45 +357,84 @@ class KernelDatapath(Datapath):
             self._link_created = True
             idx = (await ipr.link_lookup(ifname=self.ifname))[0]
             await ipr.link("set", index=idx, mtu=self.mtu)
+            self.findings = configure_interface(self.ifname, inner_family=self.inner_family)
+            for f in self.findings:
+                log.warning("%s: %s (fix: %s)", self.name, f.what, f.fix)
             await ipr.addr("add", index=idx, address=str(self.inside.ip), prefixlen=self.inside.network.prefixlen)
             await ipr.link("set", index=idx, state="up")
         finally:
             ipr.close()
 
+    def _mtu_changed(self, mtu: int) -> None:
+        if self._link_created:
+            self._set_link_mtu(mtu)
+        if self._mss_rules and self.mss:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._mss_task = loop.create_task(self._update_mss_clamp())
+
+    def _mss_value(self) -> int:
+        return self.mss6 if self.inner_family == 6 else self.mss
+
     async def _install_mss_clamp(self) -> None:
+        async with self._mss_lock:
+            await self._add_mss_rules(self._mss_value())
+
+    async def _add_mss_rules(self, mss: int) -> bool:
         done = []
-        for args in mss_rule_args(self.ifname, self.mss):
-            rc, out = await _run("iptables", "-w", "5", "-t", "mangle", "-A", *args)
+        for args in mss_rule_args(self.ifname, mss):
+            rc, out = await _run(self.iptables, "-w", "5", "-t", "mangle", "-A", *args)
             if rc != 0:
                 for a in done:
-                    await _run("iptables", "-w", "5", "-t", "mangle", "-D", *a)
-                why = "iptables is not installed" if rc == 127 else f"iptables failed: {out[-200:]}"
+                    await _run(self.iptables, "-w", "5", "-t", "mangle", "-D", *a)
+                why = f"{self.iptables} is not installed" if rc == 127 else f"{self.iptables} failed: {out[-200:]}"
                 self.mss_clamp = f"off: {why} (TCP relies on path MTU discovery)"
-                log.warning("%s: TCP MSS clamp to %d not installed: %s", self.name, self.mss, why)
-                return
+                log.warning("%s: TCP MSS clamp to %d not installed: %s", self.name, mss, why)
+                return False
             done.append(args)
-        self._mss_installed = True
-        self.mss_clamp = f"{self.mss} (iptables mangle FORWARD TCPMSS on {self.ifname})"
+        self._mss_rules = done
+        self.mss_clamp = f"{mss} ({self.iptables} mangle FORWARD TCPMSS on {self.ifname})"
+        return True
+
+    async def _update_mss_clamp(self) -> None:
+        """The MTU changed: new rules first, then the old ones go (no SYN unclamped)."""
+        async with self._mss_lock:
+            old = self._mss_rules
+            want = self._mss_value()
+            if not old or old[0][-1] == str(want):
+                return
+            if await self._add_mss_rules(want):
+                for args in old:
+                    await _run(self.iptables, "-w", "5", "-t", "mangle", "-D", *args)
 
     async def _remove_mss_clamp(self, stale: bool = False) -> None:
         """Our rules: the ones this object added, or (``stale``) whatever an earlier run left."""
-        if stale:
-            rc, out = await _run("iptables-save", "-t", "mangle")
-            if rc != 0:
-                return
-            rules = stale_mss_rules(out, self.ifname)
-            if rules:
-                log.info("%s: removing %d TCP MSS rules left by an earlier run", self.name, len(rules))
-        elif self._mss_installed:
-            rules = mss_rule_args(self.ifname, self.mss)
-        else:
-            return
-        for args in rules:
-            await _run("iptables", "-w", "5", "-t", "mangle", "-D", *args)
-        self._mss_installed = False
+        async with self._mss_lock:
+            if stale:
+                rc, out = await _run(f"{self.iptables}-save", "-t", "mangle")
+                if rc != 0:
+                    return
+                rules = stale_mss_rules(out, self.ifname)
+                if rules:
+                    log.info("%s: removing %d TCP MSS rules left by an earlier run", self.name, len(rules))
+            else:
+                rules = self._mss_rules
+            for args in rules:
+                await _run(self.iptables, "-w", "5", "-t", "mangle", "-D", *args)
+            if not stale:
+                self._mss_rules = []
 
     def _cleanup_stale(self) -> None:
-        """Remove states and policies with our tag left by an earlier run."""
+        """The first data path of the process removes every state and policy in cgwd's tag
+        range (tags are handed out afresh each run); later ones only their own tag."""
+        if not xfrm.TAGS.swept:
+            xfrm.TAGS.swept = True
+            n_states, n_pols = sweep_stale(self._xs)
+            if n_states or n_pols:
+                log.warning("removed %d XFRM states and %d policies left by an earlier run", n_states, n_pols)
+            return
         try:
             for mtype, body in self._xs.query(xfrm.dumpsa()):
                 if mtype != xfrm.XFRM_MSG_NEWSA:
@@ -288,9 +445,13 @@ class KernelDatapath(Datapath):
                               ignore=(errno.ESRCH, errno.ENOENT))
         except XfrmError as exc:
             log.warning("%s: could not list XFRM states: %s", self.name, exc)
-        for d in (XFRM_POLICY_OUT, XFRM_POLICY_IN, XFRM_POLICY_FWD):
-            for ids in ({"if_id": self.tag}, {"mark": self.tag}):
-                self._req(xfrm.delpolicy(direction=d, **ids), ignore=(errno.ENOENT, errno.ESRCH))
+        self._delete_policies()
+
+    def _delete_policies(self, ids: list[dict] | None = None) -> None:
+        for d in DIRECTIONS:
+            for fam in FAMILIES:
+                for i in ids or ({"if_id": self.tag}, {"mark": self.tag}):
+                    self._req(xfrm.delpolicy(direction=d, inner_family=fam, **i), ignore=(errno.ENOENT, errno.ESRCH))
 
     async def close(self) -> None:
         try:
@@ -304,8 +465,7 @@ class KernelDatapath(Datapath):
             self._events = None
         if self._xs is not None:
             self.remove_all()
-            for d in (XFRM_POLICY_OUT, XFRM_POLICY_IN, XFRM_POLICY_FWD):
-                self._req(xfrm.delpolicy(direction=d, **self._ids()), ignore=(errno.ENOENT, errno.ESRCH))
+            self._delete_policies([self._ids()])
             self._policies_for = None
             self._xs.close()
             self._xs = None
@@ -320,6 +480,7 @@ class KernelDatapath(Datapath):
             finally:
                 ipr.close()
             self._link_created = False
+        self._release_tag()
 
     # -------------------------------------------------------------- SAs
     def state_messages(self, sp: SaPair) -> list[bytes]:
@@ -338,38 +499,74 @@ class KernelDatapath(Datapath):
             ))
         return out
 
-    def install(self, pair: IpsecSaPair) -> None:
-        if pair.spi_in in self._pairs:
-            raise ValueError(f"SA with inbound SPI 0x{pair.spi_in:08x} already installed")
-        sp = SaPair(pair, replay_window=self.replay_window)
-        msgs = self.state_messages(sp)
-        self._xs.request(msgs[0])  # inbound first: valid immediately
+    def _add_state(self, msg: bytes, dst: str, spi: int, src: str, pair: IpsecSaPair) -> None:
+        """Add one state; one left over with the same (dst, SPI) is replaced (EEXIST)."""
         try:
-            self._xs.request(msgs[1])  # newest outbound state wins in the kernel's lookup
-        except XfrmError:
-            self._req(xfrm.delsa(dst=pair.local_address, spi=pair.spi_in, src=pair.remote_address,
-                                 **({"mark": self.tag} if self.mode == "vti" else {})), ignore=(errno.ESRCH,))
+            self._xs.request(msg)
+            return
+        except XfrmError as exc:
+            err = exc
+        if err.errno == errno.EEXIST:
+            log.warning("%s: replacing a stale XFRM state dst %s spi 0x%08x", self.name, dst, spi)
+            try:
+                self._xs.request(xfrm.delsa(dst=dst, spi=spi, **self._mark()))
+                self._xs.request(msg)
+                return
+            except XfrmError as exc:
+                err = exc
+        reason = "unsupported_algorithm" if err.errno in (errno.ENOENT, errno.ENOSYS) else "kernel_refused"
+        raise SaInstallError(reason, f"the kernel refused the XFRM state dst {dst} spi 0x{spi:08x} "
+                             f"({pair.describe()}): {err.strerror}", pair.spi_in)
+
+    def install(self, pair: IpsecSaPair, *, outbound: bool = True) -> None:
+        """``outbound`` is not honoured: the kernel sends on the newest state at once
+        (``pending_outbound`` is False)."""
+        if self._xs is None:
+            raise SaInstallError("not_open", "the kernel data path is not open", pair.spi_in)
+        if pair.spi_in in self._pairs:
+            raise SaInstallError("duplicate_spi", f"SA with inbound SPI 0x{pair.spi_in:08x} already installed",
+                                 pair.spi_in)
+        self.check_installable(pair)
+        try:
+            sp = SaPair(pair, replay_window=self.replay_window, now=self.clock())
+        except ValueError as exc:
+            raise SaInstallError("invalid_pair", str(exc), pair.spi_in) from None
+        msg_in, msg_out = self.state_messages(sp)
+        self._add_state(msg_in, pair.local_address, pair.spi_in, pair.remote_address, pair)  # valid at once
+        try:
+            # the newest outbound state wins in the kernel's lookup
+            self._add_state(msg_out, pair.remote_address, pair.spi_out, pair.local_address, pair)
+        except SaInstallError:
+            self._req(xfrm.delsa(dst=pair.local_address, spi=pair.spi_in, src=pair.remote_address, **self._mark()),
+                      ignore=(errno.ESRCH, errno.ENOENT))
             raise
-        addrs = (pair.local_address, pair.remote_address)
-        if self._policies_for != addrs:
-            for d, s, t in ((XFRM_POLICY_OUT, addrs[0], addrs[1]), (XFRM_POLICY_IN, addrs[1], addrs[0]),
-                            (XFRM_POLICY_FWD, addrs[1], addrs[0])):
-                self._req(xfrm.newpolicy(direction=d, tmpl_src=s, tmpl_dst=t, reqid=self.tag,
-                                         update=True, **self._ids()))
-            self._policies_for = addrs
+        key = (pair.local_address, pair.remote_address, pair.inner_family)
+        if self._policies_for != key:
+            fam = socket.AF_INET6 if pair.inner_family == 6 else socket.AF_INET
+            try:
+                for d, s, t in ((XFRM_POLICY_OUT, key[0], key[1]), (XFRM_POLICY_IN, key[1], key[0]),
+                                (XFRM_POLICY_FWD, key[1], key[0])):
+                    self._req(xfrm.newpolicy(direction=d, tmpl_src=s, tmpl_dst=t, reqid=self.tag,
+                                             update=True, inner_family=fam, **self._ids()))
+            except XfrmError as exc:
+                self._delete_states(pair)
+                raise SaInstallError("kernel_refused", f"the kernel refused the XFRM policies for "
+                                     f"{pair.describe()}: {exc.strerror}", pair.spi_in) from None
+            self._policies_for = key
         self._pairs[pair.spi_in] = sp
+        self._follow(pair)
         log.info("%s: installed %s in the kernel", self.name, pair.describe())
+
+    def _delete_states(self, p: IpsecSaPair) -> None:
+        for dst, spi, src in ((p.local_address, p.spi_in, p.remote_address),
+                              (p.remote_address, p.spi_out, p.local_address)):
+            self._req(xfrm.delsa(dst=dst, spi=spi, src=src, **self._mark()), ignore=(errno.ESRCH, errno.ENOENT))
 
     def remove(self, spi_in: int) -> None:
         sp = self._pairs.pop(spi_in, None)
         if sp is None or self._xs is None:
             return
-        p = sp.pair
-        mark = {"mark": self.tag} if self.mode == "vti" else {}
-        self._req(xfrm.delsa(dst=p.local_address, spi=p.spi_in, src=p.remote_address, **mark),
-                  ignore=(errno.ESRCH, errno.ENOENT))
-        self._req(xfrm.delsa(dst=p.remote_address, spi=p.spi_out, src=p.local_address, **mark),
-                  ignore=(errno.ESRCH, errno.ENOENT))
+        self._delete_states(sp.pair)
 
     def remove_all(self) -> None:
         for spi in list(self._pairs):
@@ -380,6 +577,35 @@ class KernelDatapath(Datapath):
         self._drops["esp_on_ike_socket"] = self._drops.get("esp_on_ike_socket", 0) + 1
 
     # -------------------------------------------------------------- events and stats
+    def expire_events(self, st: dict, hard: bool) -> list:
+        """What one XFRM expire message (``parse_expire``) means for our pairs; a hard
+        expiry's pair is forgotten here (the kernel deleted that state; the other goes too).
+
+        Soft limits: :class:`SaExpiring` (rekey now). Hard: :class:`SaExpiring` with
+        ``hard=True``, or :class:`SequenceExhausted` when the outbound state reached its
+        packet limit (the 32-bit sequence number is used up)."""
+        if st["reqid"] != self.tag:
+            return []
+        out = []
+        for spi_in, sp in list(self._pairs.items()):
+            if st["spi"] not in (sp.spi_in, sp.spi_out):
+                continue
+            if hard:
+                self._pairs.pop(spi_in, None)
+                if self._xs is not None:
+                    self._delete_states(sp.pair)
+                if sp.hard_fired:
+                    continue
+                sp.hard_fired = sp.soft_fired = True
+                used_up = st["spi"] == sp.spi_out and st["packets"] >= st["hard_packet_limit"]
+                if used_up:
+                    sp.seq_exhausted_fired = True
+                out.append(SequenceExhausted(spi_in) if used_up else SaExpiring(spi_in, True))
+            elif not sp.soft_fired:
+                sp.soft_fired = True
+                out.append(SaExpiring(spi_in, False))
+        return out
+
     def _on_expire(self) -> None:
         for _ in range(64):
             try:
@@ -392,31 +618,13 @@ class KernelDatapath(Datapath):
                 for mtype, _f, _s, body in xfrm.iter_messages(data):
                     if mtype != xfrm.XFRM_MSG_EXPIRE:
                         continue
-                    st, hard = xfrm.parse_expire(body)
-                    if st["reqid"] != self.tag:
-                        continue
-                    for spi_in, sp in list(self._pairs.items()):
-                        if st["spi"] in (sp.spi_in, sp.spi_out):
-                            if hard:
-                                self._pairs.pop(spi_in, None)  # the kernel deleted the state
-                                self.remove_state_leftovers(sp)
-                            if not (sp.hard_fired if hard else sp.soft_fired):
-                                if hard:
-                                    sp.hard_fired = True
-                                sp.soft_fired = True
-                                try:
-                                    self.on_event(SaExpiring(spi_in, hard))
-                                except Exception:
-                                    log.exception("%s: event handler failed", self.name)
+                    for ev in self.expire_events(*xfrm.parse_expire(body)):
+                        try:
+                            self.on_event(ev)
+                        except Exception:
+                            log.exception("%s: event handler failed", self.name)
             except Exception:
                 log.exception("%s: bad XFRM expire message", self.name)
-
-    def remove_state_leftovers(self, sp: SaPair) -> None:
-        p = sp.pair
-        mark = {"mark": self.tag} if self.mode == "vti" else {}
-        for dst, spi, src in ((p.local_address, p.spi_in, p.remote_address),
-                              (p.remote_address, p.spi_out, p.local_address)):
-            self._req(xfrm.delsa(dst=dst, spi=spi, src=src, **mark), ignore=(errno.ESRCH, errno.ENOENT))
 
     def _kernel_counters(self, dst: str, spi: int) -> dict | None:
         try:
@@ -440,11 +648,13 @@ class KernelDatapath(Datapath):
                     st.update(packets_in=cin["packets"], bytes_in=cin["bytes"],
                               replay_drops=cin["replay"], auth_failures=cin["integrity_failed"])
                 if cout:
-                    st.update(packets_out=cout["packets"], bytes_out=cout["bytes"])
+                    st.update(packets_out=cout["packets"], bytes_out=cout["bytes"], seq_out=cout["packets"])
             sas.append(st)
-        return {"kind": self.kind, "ifname": self.ifname, "inside": str(self.inside), "mtu": self.mtu,
+        return {"kind": self.kind, "ifname": self.ifname, "inside": str(self.inside),
+                "inner_family": self.inner_family, "mtu": self.mtu, "mss": self.mss, "mss6": self.mss6,
                 "mode": self.mode, "tag": f"0x{self.tag:08x}", "mss_clamp": self.mss_clamp, "sas": sas,
-                "drops": dict(self._drops)}
+                "drops": dict(self._drops), "system": [f.as_dict() for f in self.findings]}
 
 
-__all__ = ["KernelDatapath", "probe_kernel", "UDP_ENCAP", "UDP_ENCAP_ESPINUDP"]
+__all__ = ["KernelDatapath", "probe_kernel", "probe_capabilities", "kernel_capabilities", "sweep_stale",
+           "UDP_ENCAP", "UDP_ENCAP_ESPINUDP"]

@@ -120,12 +120,18 @@ class ReplayWindow:
 
 @dataclass
 class Lifetime:
-    """Soft and hard limits; 0 means no limit of that kind."""
+    """Soft and hard limits; 0 means no limit of that kind.
+
+    The packet limits stand for the 32-bit sequence number (no ESN): the kernel path sets
+    them in the XFRM lifetime (its expire events then say when the outbound sequence
+    number nears its end), the userspace path checks the sequence number itself."""
 
     soft_seconds: float = 0
     hard_seconds: float = 0
     soft_bytes: int = 0
     hard_bytes: int = 0
+    soft_packets: int = SEQ_SOFT_LIMIT
+    hard_packets: int = SEQ_HARD_LIMIT
 
     @classmethod
     def for_pair(cls, pair: IpsecSaPair, soft_margin: float = DEFAULT_SOFT_MARGIN_SECONDS) -> "Lifetime":
@@ -237,16 +243,15 @@ class SaPair:
     def check_lifetime(self, now: float) -> str | None:
         """'hard' / 'soft' when that limit is newly reached (each reported once)."""
         lt = self.lifetime
-        age = now - self.created
         used = max(self.inbound.counters.bytes, self.outbound.counters.bytes)
         if not self.hard_fired:
-            if (lt.hard_seconds and age >= lt.hard_seconds) or (lt.hard_bytes and used >= lt.hard_bytes):
+            if (lt.hard_seconds and now >= self.created + lt.hard_seconds) or (lt.hard_bytes and used >= lt.hard_bytes):
                 self.hard_fired = True
                 self.soft_fired = True
                 return "hard"
         if not self.soft_fired:
             if (
-                (lt.soft_seconds and age >= lt.soft_seconds)
+                (lt.soft_seconds and now >= self.created + lt.soft_seconds)
                 or (lt.soft_bytes and used >= lt.soft_bytes)
                 or self.outbound.seq >= SEQ_SOFT_LIMIT
             ):
@@ -261,8 +266,8 @@ class SaPair:
             for k, v in d.items():
                 drops[k] = drops.get(k, 0) + v
         return {
-            "spi_in": f"0x{self.spi_in:08x}",
-            "spi_out": f"0x{self.spi_out:08x}",
+            "spi_in": self.spi_in,
+            "spi_out": self.spi_out,
             "encryption": self.alg.encryption,
             "integrity": self.alg.integrity,
             "udp_encap": self.pair.udp_encap,

@@ -3,7 +3,8 @@
 The interface is not persistent: it disappears when the file descriptor is closed, so
 a crashed daemon leaves nothing behind.  Address, MTU and link state are set over
 rtnetlink with pyroute2 (``AsyncIPRoute``: the synchronous ``IPRoute`` of pyroute2
-0.9 runs its own event loop and cannot be used inside a running one).
+0.9 runs its own event loop and cannot be used inside a running one). With IFF_NO_PI the
+kernel takes each written packet's family from its version nibble (IPv4 or IPv6).
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ class TunDevice:
         self.fd = fd
         return fd
 
-    async def configure(self, inside: ipaddress.IPv4Interface, mtu: int) -> None:
-        """Inside address (e.g. 169.254.10.2/30), MTU, link up."""
+    async def configure(self, inside: ipaddress.IPv4Interface | ipaddress.IPv6Interface, mtu: int) -> list:
+        """Inside address (169.254.10.2/30 or fd00::2/126), MTU, the settings cgwd owns on
+        its interfaces (:func:`cgwd.system_checks.configure_interface`), link up.
+        Returns the findings of what could not be set."""
         from pyroute2 import AsyncIPRoute
 
+        from cgwd.system_checks import configure_interface
+
+        inside = ipaddress.ip_interface(inside)
         ipr = AsyncIPRoute()
         try:
             idx = await ipr.link_lookup(ifname=self.ifname)
@@ -54,16 +60,18 @@ class TunDevice:
                 raise OSError(errno.ENODEV, f"{self.ifname} vanished")
             self.index = idx[0]
             await ipr.link("set", index=self.index, mtu=mtu)
+            # before the address and the link go up: IPv6 on or off, no autoconfiguration
+            findings = configure_interface(self.ifname, inner_family=inside.version)
             await ipr.addr(
                 "add",
                 index=self.index,
                 address=str(inside.ip),
                 prefixlen=inside.network.prefixlen,
             )
-            _disable_ipv6(self.ifname)
             await ipr.link("set", index=self.index, state="up")
         finally:
             ipr.close()
+        return findings
 
     def read(self, size: int = 65536) -> bytes | None:
         """One packet, or None when nothing is pending."""
@@ -79,16 +87,6 @@ class TunDevice:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _disable_ipv6(ifname: str) -> None:
-    """The tunnel carries IPv4 only: no link-local address, no router solicitations that
-    the data path would have to drop and count (best effort: no IPv6 in the kernel is fine)."""
-    try:
-        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
-            f.write("1")
-    except OSError:
-        pass
 
 
 def interface_exists(ifname: str) -> bool:

@@ -4,8 +4,14 @@ pyroute2 has no XFRM state/policy API, so the messages are marshalled here with
 ``ctypes`` structures that mirror ``include/uapi/linux/xfrm.h`` (native layout and
 alignment, like the kernel's own), sent over a plain ``AF_NETLINK`` socket.
 
-Everything cgwd installs is tagged: reqid and if_id are ``TAG_BASE | n`` (n from the
-interface name), so cleanup after a crash only touches our own states and policies.
+Everything cgwd installs is tagged: reqid and if_id (or mark, for a VTI) are
+``TAG_BASE | n`` with ``n`` handed out by :data:`TAGS` (one per kernel data path, unique in
+the process by construction), so cleanup after a crash finds every state and policy
+cgwd may have used by the range alone (:func:`is_ours`) and touches nothing else.
+
+Addresses are IPv4 or IPv6 (outer: the states and the policies' templates; inner: the
+policies' selectors; one tunnel-mode state carries inner packets of both families, as
+strongSwan's do).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import ipaddress
 import os
 import socket
 import struct
-import zlib
+import threading
+
+from cgwd.ipsec_sa import UDP_ENCAP_ESPINUDP
 
 NETLINK_XFRM = 6
 
@@ -30,6 +38,7 @@ XFRM_MSG_EXPIRE = 0x18
 XFRM_MSG_UPDPOLICY = 0x19
 XFRM_MSG_FLUSHSA = 0x1C
 XFRM_MSG_FLUSHPOLICY = 0x1D
+XFRM_MSG_UPDSA = 0x1A
 
 XFRMGRP_EXPIRE = 2
 
@@ -48,8 +57,8 @@ XFRM_POLICY_IN = 0
 XFRM_POLICY_OUT = 1
 XFRM_POLICY_FWD = 2
 XFRM_MODE_TUNNEL = 1
+XFRM_STATE_AF_UNSPEC = 32  # tunnel mode: inner packets of either family (selector family 0)
 XFRM_INF = 0xFFFFFFFFFFFFFFFF
-UDP_ENCAP_ESPINUDP = 2
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -63,6 +72,9 @@ NLMSG_DONE = 3
 
 TAG_BASE = 0x63670000  # "cg": reqid / if_id range owned by cgwd
 TAG_MASK = 0xFFFF0000
+TAG_FIRST = 1
+TAG_LAST = 0xFFFE
+PROBE_TAG = TAG_BASE | 0xFFFF  # the capability probe's throwaway states
 
 ENC_NAMES = {"aes128": "cbc(aes)", "aes256": "cbc(aes)"}
 AEAD_NAMES = {"aes128gcm16": "rfc4106(gcm(aes))", "aes256gcm16": "rfc4106(gcm(aes))"}
@@ -157,20 +169,61 @@ assert ctypes.sizeof(xfrm_usersa_id) == 24
 assert ctypes.sizeof(xfrm_userpolicy_id) == 64
 
 
-def tag_for(ifname: str) -> int:
-    """Stable reqid/if_id of a tunnel interface (inside cgwd's tag range)."""
-    n = zlib.crc32(ifname.encode()) & 0xFFFF
-    return TAG_BASE | (n or 1)
+class TagAllocator:
+    """Hands out the tags (``TAG_BASE | n``, n in 1..0xFFFE) of the kernel data paths of
+    this process: unique by construction (no two live data paths share one), lowest free
+    first. A crashed run's tags are found by :func:`is_ours`, not remembered."""
+
+    def __init__(self, first: int = TAG_FIRST, last: int = TAG_LAST) -> None:
+        self._first = first
+        self._last = last
+        self._used: set[int] = set()
+        self._lock = threading.Lock()
+        self.swept = False  # stale state of an earlier run removed (once per process)
+
+    def acquire(self) -> int:
+        with self._lock:
+            for n in range(self._first, self._last + 1):
+                tag = TAG_BASE | n
+                if tag not in self._used:
+                    self._used.add(tag)
+                    return tag
+        raise OSError(errno.ENOSPC, "no free XFRM tag (65534 kernel data paths in one process)")
+
+    def release(self, tag: int) -> None:
+        with self._lock:
+            self._used.discard(tag)
+
+    def in_use(self) -> set[int]:
+        with self._lock:
+            return set(self._used)
 
 
-def is_ours(reqid_or_ifid: int) -> bool:
-    return (reqid_or_ifid & TAG_MASK) == TAG_BASE
+#: The process's tags.
+TAGS = TagAllocator()
+
+
+def is_ours(reqid_or_ifid: int | None) -> bool:
+    return reqid_or_ifid is not None and (reqid_or_ifid & TAG_MASK) == TAG_BASE
+
+
+def family_of(address: str) -> int:
+    """AF_INET or AF_INET6 for an address in text form."""
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
 
 
 def _addr(a: str) -> xfrm_address_t:
     x = xfrm_address_t()
-    x.a4[:] = list(ipaddress.IPv4Address(a).packed)
+    ip = ipaddress.ip_address(a)
+    ctypes.memmove(ctypes.addressof(x), ip.packed, len(ip.packed))
     return x
+
+
+def _addr_text(x: xfrm_address_t, family: int) -> str:
+    raw = bytes(x)
+    if family == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return str(ipaddress.IPv4Address(raw[:4]))
 
 
 def _be16(v: int) -> list[int]:
@@ -243,11 +296,13 @@ def newsa(
     ``replay_window`` > 0 for inbound states: sent as XFRMA_REPLAY_ESN_VAL (the u8
     field in xfrm_usersa_info cannot hold 1024), without the ESN flag and without the
     (all-zero) bitmap, exactly as iproute2 does.
-    ``lifetime``: a :class:`cgwd.esp.sa.Lifetime` (0 = unlimited).
+    ``lifetime``: a :class:`cgwd.esp.sa.Lifetime` (0 = unlimited); its packet limits
+    (the 32-bit sequence number) become the state's soft/hard packet limits, so that the
+    kernel reports a sequence number running out with an expire event.
     """
     info = xfrm_usersa_info()
-    # selector left empty (family 0): the kernel takes the state's family, as for
-    # `ip xfrm state add` without `sel`
+    # selector left empty (family 0) with XFRM_STATE_AF_UNSPEC: the tunnel carries inner
+    # packets of either family over this state's outer family (as strongSwan does)
     info.id.daddr = _addr(dst)
     info.id.spi[:] = _be32(spi)
     info.id.proto = socket.IPPROTO_ESP
@@ -259,6 +314,8 @@ def newsa(
             ("hard_add_expires_seconds", lifetime.hard_seconds),
             ("soft_byte_limit", lifetime.soft_bytes),
             ("hard_byte_limit", lifetime.hard_bytes),
+            ("soft_packet_limit", lifetime.soft_packets),
+            ("hard_packet_limit", lifetime.hard_packets),
         ):
             if val:
                 setattr(info.lft, attr, int(val))
@@ -272,8 +329,9 @@ def newsa(
     info.lft.soft_use_expires_seconds = 0
     info.lft.hard_use_expires_seconds = 0
     info.reqid = reqid
-    info.family = socket.AF_INET
+    info.family = family_of(dst)
     info.mode = XFRM_MODE_TUNNEL
+    info.flags = XFRM_STATE_AF_UNSPEC
     info.replay_window = 0
     attrs = b""
     if encryption in AEAD_NAMES:
@@ -298,7 +356,7 @@ def delsa(*, dst: str, spi: int, src: str | None = None, mark: int | None = None
     sid = xfrm_usersa_id()
     sid.daddr = _addr(dst)
     sid.spi[:] = _be32(spi)
-    sid.family = socket.AF_INET
+    sid.family = family_of(dst)
     sid.proto = socket.IPPROTO_ESP
     attrs = nla(XFRMA_SRCADDR, bytes(_addr(src))) if src else b""
     if mark is not None:
@@ -306,9 +364,9 @@ def delsa(*, dst: str, spi: int, src: str | None = None, mark: int | None = None
     return nlmsg(XFRM_MSG_DELSA, NLM_F_REQUEST | NLM_F_ACK, bytes(sid) + attrs, seq)
 
 
-def _any_selector() -> xfrm_selector:
+def _any_selector(family: int = socket.AF_INET) -> xfrm_selector:
     sel = xfrm_selector()
-    sel.family = socket.AF_INET  # 0.0.0.0/0 <-> 0.0.0.0/0, any protocol/port
+    sel.family = family  # 0.0.0.0/0 <-> 0.0.0.0/0 (or ::/0 <-> ::/0), any protocol/port
     return sel
 
 
@@ -322,12 +380,14 @@ def newpolicy(
     mark: int | None = None,
     priority: int = 0,
     update: bool = False,
+    inner_family: int = socket.AF_INET,
     seq: int = 0,
 ) -> bytes:
-    """Route-based policy 0.0.0.0/0 <-> 0.0.0.0/0 in ``direction`` with an ESP tunnel
-    template (tmpl_src -> tmpl_dst are the outer addresses of that direction)."""
+    """Route-based policy any <-> any of ``inner_family`` (0.0.0.0/0 or ::/0) in
+    ``direction`` with an ESP tunnel template (tmpl_src -> tmpl_dst are the outer
+    addresses of that direction, of either family)."""
     pol = xfrm_userpolicy_info()
-    pol.sel = _any_selector()
+    pol.sel = _any_selector(inner_family)
     pol.lft = _infinite_lft()  # byte/packet limits infinite, no time limits (as iproute2)
     for attr in ("soft_add_expires_seconds", "hard_add_expires_seconds",
                  "soft_use_expires_seconds", "hard_use_expires_seconds"):
@@ -337,7 +397,7 @@ def newpolicy(
     tmpl = xfrm_user_tmpl()
     tmpl.id.daddr = _addr(tmpl_dst)
     tmpl.id.proto = socket.IPPROTO_ESP
-    tmpl.family = socket.AF_INET
+    tmpl.family = family_of(tmpl_dst)
     tmpl.saddr = _addr(tmpl_src)
     tmpl.reqid = reqid
     tmpl.mode = XFRM_MODE_TUNNEL
@@ -348,11 +408,26 @@ def newpolicy(
     return nlmsg(mtype, flags, bytes(pol) + attrs, seq)
 
 
-def delpolicy(*, direction: int, if_id: int | None = None, mark: int | None = None, seq: int = 0) -> bytes:
+def delpolicy(*, direction: int, if_id: int | None = None, mark: int | None = None,
+              inner_family: int = socket.AF_INET, index: int = 0, mark_mask: int | None = None,
+              seq: int = 0) -> bytes:
+    """Delete the any <-> any policy of ``inner_family`` in ``direction`` with that tag, or
+    (``index``) the policy with that index (``if_id``/``mark`` must be the policy's own)."""
     pid = xfrm_userpolicy_id()
-    pid.sel = _any_selector()
+    if not index:
+        pid.sel = _any_selector(inner_family)
+    pid.index = index
     pid.dir = direction
-    return nlmsg(XFRM_MSG_DELPOLICY, NLM_F_REQUEST | NLM_F_ACK, bytes(pid) + _tag_attr(if_id, mark), seq)
+    attrs = b""
+    if if_id is not None:
+        attrs += nla(XFRMA_IF_ID, struct.pack("=I", if_id))
+    if mark is not None:
+        attrs += nla(XFRMA_MARK, bytes(xfrm_mark(mark, 0xFFFFFFFF if mark_mask is None else mark_mask)))
+    return nlmsg(XFRM_MSG_DELPOLICY, NLM_F_REQUEST | NLM_F_ACK, bytes(pid) + attrs, seq)
+
+
+def dumppolicy(seq: int = 0) -> bytes:
+    return nlmsg(XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP, b"", seq)
 
 
 def getsa(*, dst: str, spi: int, mark: int | None = None, seq: int = 0) -> bytes:
@@ -389,14 +464,18 @@ def iter_attrs(data: bytes):
 def parse_usersa(body: bytes) -> dict:
     """Secret-free summary of an xfrm_usersa_info (+ attributes) message body."""
     info = xfrm_usersa_info.from_buffer_copy(body[: ctypes.sizeof(xfrm_usersa_info)])
+    fam = info.family
     out = {
-        "dst": str(ipaddress.IPv4Address(bytes(info.id.daddr.a4))),
-        "src": str(ipaddress.IPv4Address(bytes(info.saddr.a4))),
+        "family": 6 if fam == socket.AF_INET6 else 4,
+        "dst": _addr_text(info.id.daddr, fam),
+        "src": _addr_text(info.saddr, fam),
         "spi": struct.unpack(">I", bytes(info.id.spi))[0],
         "proto": info.id.proto,
         "reqid": info.reqid,
         "bytes": info.curlft.bytes,
         "packets": info.curlft.packets,
+        "soft_packet_limit": info.lft.soft_packet_limit,
+        "hard_packet_limit": info.lft.hard_packet_limit,
         "replay": info.stats.replay,
         "integrity_failed": info.stats.integrity_failed,
         "if_id": None,
@@ -408,6 +487,28 @@ def parse_usersa(body: bytes) -> dict:
         elif atype == XFRMA_MARK and len(payload) >= 8:
             out["mark"] = struct.unpack("=I", payload[:4])[0]
     return out
+
+
+def parse_userpolicy(body: bytes) -> dict:
+    """Summary of an xfrm_userpolicy_info (+ attributes): what cleanup needs to find ours."""
+    n = ctypes.sizeof(xfrm_userpolicy_info)
+    pol = xfrm_userpolicy_info.from_buffer_copy(body[:n].ljust(n, b"\0"))
+    out = {"index": pol.index, "dir": pol.dir, "family": 6 if pol.sel.family == socket.AF_INET6 else 4,
+           "if_id": None, "mark": None, "mark_mask": None, "reqids": []}
+    for atype, payload in iter_attrs(body[_align4(n):]):
+        if atype == XFRMA_IF_ID and len(payload) >= 4:
+            out["if_id"] = struct.unpack("=I", payload[:4])[0]
+        elif atype == XFRMA_MARK and len(payload) >= 8:
+            out["mark"], out["mark_mask"] = struct.unpack("=II", payload[:8])
+        elif atype == XFRMA_TMPL:
+            t = ctypes.sizeof(xfrm_user_tmpl)
+            for off in range(0, len(payload) - t + 1, t):
+                out["reqids"].append(xfrm_user_tmpl.from_buffer_copy(payload[off:off + t]).reqid)
+    return out
+
+
+def policy_is_ours(p: dict) -> bool:
+    return is_ours(p["if_id"]) or is_ours(p["mark"]) or any(is_ours(r) for r in p["reqids"])
 
 
 def parse_expire(body: bytes) -> tuple[dict, bool]:
@@ -477,14 +578,3 @@ class XfrmSocket:
                 out.append((mtype, body))
                 if not flags & 0x2:  # NLM_F_MULTI not set: single answer
                     return out
-
-
-def errno_words(err: int) -> str:
-    return {
-        errno.EPROTONOSUPPORT: "protocol not supported",
-        errno.ENOENT: "not found",
-        errno.ESRCH: "no such state",
-        errno.EPERM: "operation not permitted",
-        errno.EEXIST: "already exists",
-        errno.ENOSYS: "function not implemented",
-    }.get(err, os.strerror(err))

@@ -1,17 +1,16 @@
-"""IKEv1 cryptography: DH groups, PRFs, RFC 2409 key derivation, AES-CBC with IV chaining.
+"""What both IKE versions share of cryptography: the DH groups (the one table of their
+numbers and names) and their key pairs, hashes and HMAC PRFs.
 
-Every primitive comes from ``cryptography``; this module only composes them as RFC 2409
-prescribes.
+Every primitive comes from ``cryptography``; the versions' key derivations are in
+:mod:`cgwd.ike.v1.keys` (RFC 2409) and :mod:`cgwd.ike.v2.keys` (RFC 7296).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -213,6 +212,26 @@ MODP_GROUPS: dict[int, tuple[int, int, int | None]] = {
 }
 SUPPORTED_GROUPS = tuple(sorted(list(MODP_GROUPS) + list(_ECP_CURVES)))
 
+#: Diffie-Hellman group number (IANA, the same in IKEv1 and IKEv2) -> strongSwan's name: the
+#: one table config, both engines and status use.
+GROUP_NAMES: dict[int, str] = {
+    2: "modp1024",
+    5: "modp1536",
+    14: "modp2048",
+    15: "modp3072",
+    16: "modp4096",
+    17: "modp6144",
+    18: "modp8192",
+    19: "ecp256",
+    20: "ecp384",
+    21: "ecp521",
+    22: "modp1024s160",
+    23: "modp2048s224",
+    24: "modp2048s256",
+}
+GROUP_BY_NAME: dict[str, int] = {v: k for k, v in GROUP_NAMES.items()}
+assert tuple(sorted(GROUP_NAMES)) == SUPPORTED_GROUPS
+
 _DH_PARAMS: dict[int, object] = {}
 
 
@@ -234,21 +253,29 @@ def ke_length(group: int) -> int:
 
 
 class DiffieHellman:
-    """One ephemeral DH/ECDH key pair of an IKEv1 group."""
+    """One ephemeral DH/ECDH key pair of an IKE group.
 
-    def __init__(self, group: int) -> None:
+    ``private_key``: a key of that group made elsewhere (``cryptography``'s DH or EC private
+    key), for deterministic test runs; by default a fresh one is generated.
+    """
+
+    def __init__(self, group: int, private_key=None) -> None:
         if group not in SUPPORTED_GROUPS:
             raise IkeCryptoError(f"unsupported DH group {group}")
         self.group = group
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if group in _ECP_CURVES:
-                self._priv = ec.generate_private_key(_ECP_CURVES[group]())
+                self._priv = private_key or ec.generate_private_key(_ECP_CURVES[group]())
+                if not isinstance(self._priv.curve, _ECP_CURVES[group]):
+                    raise IkeCryptoError(f"private key is not of group {group}")
                 nums = self._priv.public_key().public_numbers()
                 n = _ECP_COORD[group]
                 self.public = nums.x.to_bytes(n, "big") + nums.y.to_bytes(n, "big")
             else:
-                self._priv = _dh_parameters(group).generate_private_key()
+                self._priv = private_key or _dh_parameters(group).generate_private_key()
+                if self._priv.parameters().parameter_numbers().p != MODP_GROUPS[group][0]:
+                    raise IkeCryptoError(f"private key is not of group {group}")
                 y = self._priv.public_key().public_numbers().y
                 self.public = y.to_bytes(ke_length(group), "big")
 
@@ -288,7 +315,7 @@ class DiffieHellman:
 # --------------------------------------------------------------------------- hashes / PRF
 
 _HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-HASH_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+HASH_SIZES = {name: h.digest_size for name, h in _HASHES.items()}
 
 
 def hash_(alg: str, data: bytes) -> bytes:
@@ -302,78 +329,3 @@ def prf(alg: str, key: bytes, *data: bytes) -> bytes:
     for d in data:
         h.update(d)
     return h.finalize()
-
-
-def skeyid_psk(alg: str, psk: bytes, ni_b: bytes, nr_b: bytes) -> bytes:
-    """SKEYID = prf(pre-shared-key, Ni_b | Nr_b)."""
-    return prf(alg, psk, ni_b, nr_b)
-
-
-@dataclass
-class Phase1Keys:
-    skeyid: bytes = field(repr=False)
-    skeyid_d: bytes = field(repr=False)
-    skeyid_a: bytes = field(repr=False)
-    skeyid_e: bytes = field(repr=False)
-    enc_key: bytes = field(repr=False)
-
-
-def derive_phase1(alg: str, skeyid: bytes, gxy: bytes, cky_i: bytes, cky_r: bytes, enc_key_len: int) -> Phase1Keys:
-    d = prf(alg, skeyid, gxy, cky_i, cky_r, b"\x00")
-    a = prf(alg, skeyid, d, gxy, cky_i, cky_r, b"\x01")
-    e = prf(alg, skeyid, a, gxy, cky_i, cky_r, b"\x02")
-    return Phase1Keys(skeyid, d, a, e, extend_key(alg, e, enc_key_len))
-
-
-def extend_key(alg: str, skeyid_e: bytes, length: int) -> bytes:
-    """RFC 2409 appendix B: Ka = K1 | K2 | ..., K1 = prf(SKEYID_e, 0), Kn = prf(SKEYID_e, Kn-1)."""
-    if len(skeyid_e) >= length:
-        return skeyid_e[:length]
-    out = b""
-    k = b"\x00"
-    while len(out) < length:
-        k = prf(alg, skeyid_e, k)
-        out += k
-    return out[:length]
-
-
-def keymat(
-    alg: str, skeyid_d: bytes, protocol: int, spi: int, ni_b: bytes, nr_b: bytes, length: int, gxy: bytes = b""
-) -> bytes:
-    """RFC 2409 5.5: KEYMAT = K1 | K2 ..., K1 = prf(SKEYID_d, [g(qm)^xy |] protocol | SPI | Ni_b | Nr_b),
-    Kn = prf(SKEYID_d, Kn-1 | [g(qm)^xy |] protocol | SPI | Ni_b | Nr_b)."""
-    seed = gxy + bytes([protocol]) + spi.to_bytes(4, "big") + ni_b + nr_b
-    out = b""
-    k = b""
-    while len(out) < length:
-        k = prf(alg, skeyid_d, k, seed)
-        out += k
-    return out[:length]
-
-
-# --------------------------------------------------------------------------- IVs / cipher
-
-BLOCK = 16
-
-
-def phase1_iv(hash_alg: str, gxi: bytes, gxr: bytes) -> bytes:
-    return hash_(hash_alg, gxi + gxr)[:BLOCK]
-
-
-def phase2_iv(hash_alg: str, last_phase1_block: bytes, message_id: int) -> bytes:
-    return hash_(hash_alg, last_phase1_block + message_id.to_bytes(4, "big"))[:BLOCK]
-
-
-def encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
-    """AES-CBC; pads with zeros to the block size (RFC 2408 3.1: the receiver ignores padding)."""
-    pad = (-len(plaintext)) % BLOCK
-    data = plaintext + b"\0" * pad
-    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    return enc.update(data) + enc.finalize()
-
-
-def decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
-    if not ciphertext or len(ciphertext) % BLOCK:
-        raise IkeCryptoError("ciphertext not a multiple of the block size")
-    dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    return dec.update(ciphertext) + dec.finalize()

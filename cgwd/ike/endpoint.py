@@ -1,10 +1,15 @@
-"""asyncio adapter for :class:`cgwd.ike.session.IkePeer`: UDP 500 and 4500 on one address.
+"""asyncio adapter for IKE engines (:class:`cgwd.ike.engine.IkeEngine`, either version): UDP
+500 and 4500 on one address, shared by every tunnel of that address.
 
 On the NAT-T port a datagram is
   * ``b"\\xff"``: a NAT keepalive (ignored),
-  * starting with four zero bytes (the non-ESP marker): IKE, handed to the peer without
-    the marker,
+  * starting with four zero bytes (the non-ESP marker): IKE, handed on without the marker,
   * anything else: UDP-encapsulated ESP, handed to ``esp_handler(data, remote)``.
+
+IKE goes to the engine of the tunnel of the sender's address, demultiplexed by IKE version:
+the version octet (offset 17 of the header: 0x10 IKEv1, 0x20 IKEv2) must be the engine's
+(``engine.version``): a datagram of the other version is a counted drop
+(``drop_wrong_ike_version``); what is no IKE at all the engine counts as malformed.
 
 The engine's ``now`` is ``loop.time()`` (monotonic). Ports handed to the engine are the
 logical ones (500 / 4500) even when the endpoint binds others (tests).
@@ -17,21 +22,18 @@ import logging
 import socket
 from typing import Callable
 
+from cgwd.ipsec_sa import IKE_PORT, NATT_PORT, NON_ESP_MARKER, SOL_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP
+
+from .engine import IkeEngine
 from .events import Datagram
-from .session import IKE_PORT, NATT_PORT, IkePeer
 
 log = logging.getLogger("cgwd.ike")
 
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
-SOL_UDP = 17
-UDP_ENCAP = 100
-UDP_ENCAP_ESPINUDP = 2
 SO_RCVBUFFORCE = 33  # Linux; Python's socket module does not name it
-# New IKE exchanges (main mode message 1: responder cookie zero) accepted per peer: a token
-# bucket, so that a flood of initiations (spoofed or not) costs a few DH computations a
-# second at most; the engine's half-open limit bounds the state they create.
-INIT_RATE = 5.0     # per second, sustained
-INIT_BURST = 10
+VERSION_OFFSET = 17  # the version octet of both IKE headers (major version in the high nibble)
+# Unauthenticated initiations are the engine's to limit (it alone knows which messages prove
+# the sender's address): a spoofed first message from the peer's address must not cost the
+# real peer its exchange, which a per-address bucket here would.
 
 
 class IkeEndpoint:
@@ -39,31 +41,34 @@ class IkeEndpoint:
         self.local_address = local_address
         self.port = port
         self.natt_port = natt_port
-        self.event_handler: Callable[[IkePeer, object], None] | None = None
+        self.event_handler: Callable[[IkeEngine, object], None] | None = None
         self.esp_handler: Callable[[bytes, tuple[str, int]], None] | None = None
         self.counters: dict[str, int] = {}
-        self._peers: dict[str, IkePeer] = {}
+        self._peers: dict[str, IkeEngine] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._sock: socket.socket | None = None
         self._natt_sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kernel_encap = False
-        self._init_tokens: dict[str, tuple[float, float]] = {}  # peer address -> (tokens, at)
 
     # ------------------------------------------------------------------ lifecycle
 
     def _bind(self, port: int) -> socket.socket:
         fam = socket.AF_INET6 if ":" in self.local_address else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # ESP-in-UDP shares the 4500 socket: bulk TCP through the tunnel overruns the
-        # default receive buffer (about 10 % loss measured), so ask for 4 MiB.
         try:
-            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)  # beyond rmem_max (root)
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.setblocking(False)
-        s.bind((self.local_address, port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # ESP-in-UDP shares the 4500 socket: bulk TCP through the tunnel overruns the
+            # default receive buffer (about 10 % loss measured), so ask for 4 MiB.
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 4 << 20)  # beyond rmem_max (root)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setblocking(False)
+            s.bind((self.local_address, port))
+        except BaseException:
+            s.close()
+            raise
         return s
 
     async def start(self) -> None:
@@ -75,10 +80,21 @@ class IkeEndpoint:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = asyncio.get_event_loop()
-        self._sock = self._bind(self.port)
-        self._natt_sock = self._bind(self.natt_port)
-        if self._kernel_encap:
-            self._set_encap()
+        sock = self._bind(self.port)
+        try:
+            natt = self._bind(self.natt_port)
+        except BaseException:
+            sock.close()  # no half-open endpoint: both sockets or none
+            raise
+        self._sock, self._natt_sock = sock, natt
+        try:
+            if self._kernel_encap:
+                self._set_encap()
+        except BaseException:
+            self._sock = self._natt_sock = None
+            sock.close()
+            natt.close()
+            raise
         self._loop.add_reader(self._sock.fileno(), self._on_readable, self._sock, False)
         self._loop.add_reader(self._natt_sock.fileno(), self._on_readable, self._natt_sock, True)
         log.info("IKE endpoint on %s ports %d/%d", self.local_address, self.port, self.natt_port)
@@ -113,11 +129,11 @@ class IkeEndpoint:
 
     # ------------------------------------------------------------------ peers
 
-    def add_peer(self, peer: IkePeer) -> None:
+    def add_peer(self, peer: IkeEngine) -> None:
         self._peers[peer.config.remote_address] = peer
         self.service(peer)
 
-    def remove_peer(self, peer: IkePeer) -> None:
+    def remove_peer(self, peer: IkeEngine) -> None:
         addr = peer.config.remote_address
         if self._peers.get(addr) is peer:
             del self._peers[addr]
@@ -125,23 +141,23 @@ class IkeEndpoint:
         if t:
             t.cancel()
 
-    def peers(self) -> list[IkePeer]:
+    def peers(self) -> list[IkeEngine]:
         return list(self._peers.values())
 
     def now(self) -> float:
         loop = self._loop or asyncio.get_event_loop()
         return loop.time()
 
-    def start_peer(self, peer: IkePeer) -> None:
+    def start_peer(self, peer: IkeEngine) -> None:
         """Convenience: ``peer.start(now)`` and flush its output."""
         peer.start(self.now())
         self.service(peer)
 
-    def stop_peer(self, peer: IkePeer) -> None:
+    def stop_peer(self, peer: IkeEngine) -> None:
         peer.stop(self.now())
         self.service(peer)
 
-    def service(self, peer: IkePeer) -> None:
+    def service(self, peer: IkeEngine) -> None:
         """Flush a peer's datagrams and events and re-arm its timer (call after any input)."""
         for d in peer.datagrams_to_send():
             self._send(d)
@@ -164,7 +180,7 @@ class IkeEndpoint:
         if deadline is not None:
             self._timers[addr] = self._loop.call_at(deadline, self._on_timer, peer)
 
-    def _on_timer(self, peer: IkePeer) -> None:
+    def _on_timer(self, peer: IkeEngine) -> None:
         self._timers.pop(peer.config.remote_address, None)
         peer.handle_timer(self.now())
         self.service(peer)
@@ -214,14 +230,6 @@ class IkeEndpoint:
             except Exception:  # noqa: BLE001
                 log.exception("dispatch failed")
 
-    def _init_allowed(self, addr: str) -> bool:
-        now = self.now()
-        tokens, at = self._init_tokens.get(addr, (float(INIT_BURST), now))
-        tokens = min(float(INIT_BURST), tokens + (now - at) * INIT_RATE)
-        ok = tokens >= 1.0
-        self._init_tokens[addr] = (tokens - 1.0 if ok else tokens, now)
-        return ok
-
     def _dispatch(self, data: bytes, remote: tuple[str, int], natt: bool) -> None:
         if natt:
             if data == b"\xff":
@@ -242,8 +250,11 @@ class IkeEndpoint:
             self._count("drop_unknown_peer")
             log.debug("IKE datagram from unknown peer %s", remote)
             return
-        if len(data) >= 28 and data[8:16] == bytes(8) and not self._init_allowed(remote[0]):
-            self._count("drop_init_rate_limit")
+        major = data[VERSION_OFFSET] >> 4 if len(data) > VERSION_OFFSET else None
+        if major in (1, 2) and major != peer.version:
+            # (anything else malformed is the engine's to count)
+            self._count("drop_wrong_ike_version")
+            log.debug("IKEv%d datagram from %s for an IKEv%d tunnel", major, remote, peer.version)
             return
         peer.receive_datagram(data, remote, NATT_PORT if natt else IKE_PORT, self.now())
         self.service(peer)

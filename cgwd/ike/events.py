@@ -1,4 +1,4 @@
-"""Events emitted by :class:`cgwd.ike.session.IkePeer` (secret-free in repr)."""
+"""Events emitted by the IKE engines (cgwd.ike.engine.IkeEngine; secret-free in repr)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,14 @@ addresses, keys and ASNs substituted:
 * Generic: AWS's vendor-neutral text (the layout of tests/unit/data/aws_generic.txt).
 
 Only algorithms the vendor syntax can express are accepted (ValueError otherwise).
+
+Beyond AWS's IKEv1/BGP downloads: ``static=True`` renders a static VPN connection (the XML's
+``NoBGPVPNConnection``, the JSON's ``StaticRoutesOnly`` with AWS's side routes, the Generic
+"Static Routing Configuration" section, the vendor texts without BGP plus the route to the
+VPC an operator adds); a tunnel's ``ike_versions``/``startup_action`` become the JSON's
+``IkeVersions``/``StartupAction``, the Generic "IKE version" line and Yamaha's ``ipsec ike
+version N 2``; IPv6 inside CIDRs and outside addresses go into the XML, JSON and Generic
+text (Yamaha and Cisco renderings are IPv4 only, as cgwd's readers of them).
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+
+from dataclasses import dataclass
 
 from . import awsxml
 from .awsxml import XmlTunnel, split_proposal
@@ -34,9 +44,24 @@ CGW_ID = "cgw-0123456789abcdef0"
 VGW_ID = "vgw-0123456789abcdef0"
 
 
-def _inside(t: XmlTunnel) -> tuple[ipaddress.IPv4Network, str, str]:
-    net = ipaddress.IPv4Network(t.inside_cidr)
+@dataclass(frozen=True)
+class VpnShape:
+    """What a download says about the whole VPN connection besides its tunnels."""
+
+    static: bool = False  # static routing (no BGP)
+    vpc_cidr: str | None = None  # the VPC side: the route an operator adds to a vendor text
+    onprem_cidr: str | None = None  # the static routes configured on AWS's side (JSON Routes)
+
+
+def _inside(t: XmlTunnel) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str, str]:
+    net = t.inside
     return net, str(net[2]), str(net[1])  # (net, customer side .2, AWS side .1)
+
+
+def _ipv4_only(tunnels: list[XmlTunnel], fmt: str) -> None:
+    for t in tunnels:
+        if t.inside.version == 6 or ":" in t.cgw_outside or ":" in t.vgw_outside:
+            raise ValueError(f"the {fmt} download cannot express IPv6 (cgwd reads IPv6 from the XML, JSON and Generic text)")
 
 
 def _need(table: dict, key, what: str, fmt: str):
@@ -83,7 +108,7 @@ _YAMAHA_TUNNEL = """\
 # authentication, Diffie-Hellman, lifetime, and key parameters.
 #
       tunnel select {n}
-    ipsec ike encryption {n} {ike_enc}
+{version_line}    ipsec ike encryption {n} {ike_enc}
     ipsec ike group {n} {ike_group}
     ipsec ike hash {n} {ike_hash}
 
@@ -124,7 +149,7 @@ _YAMAHA_TUNNEL = """\
 # This option enables IPSec Dead Peer Detection, which causes periodic
 # messages to be sent to ensure a Security Association remains operational.
 
-        ipsec ike keepalive use {n} on dpd {dpd_delay} {dpd_retry}
+        ipsec ike keepalive use {n} on {keepalive} {dpd_delay} {dpd_retry}
 
 # --------------------------------------------------------------------------------
 # #3: Tunnel Interface Configuration
@@ -154,6 +179,9 @@ _YAMAHA_TUNNEL = """\
 # --------------------------------------------------------------------------------
 
 
+"""
+
+_YAMAHA_BGP = """\
 # --------------------------------------------------------------------------------
 # #4: Border Gateway Protocol (BGP) Configuration
 #
@@ -202,7 +230,11 @@ _YAMAHA_TAIL = """
 """
 
 
-def render_yamaha(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel]) -> str:
+# AWS's Yamaha template says 1387 where the XML says 1379
+_YAMAHA_MSS_EXTRA = 8
+
+def render_yamaha(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel], shape: VpnShape = VpnShape()) -> str:
+    _ipv4_only(tunnels, "yamaha")
     out = [_YAMAHA_HEAD.format(vpn_id=vpn_id, cgw_id=cgw_id, vgw_id=vgw_id)]
     for n, t in enumerate(tunnels, 1):
         net, cgw_in, vgw_in = _inside(t)
@@ -210,8 +242,10 @@ def render_yamaha(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel
         esp_enc, esp_auth, esp_dh = split_proposal(t.esp_proposal)
         if esp_dh not in (None, ike_dh):
             raise ValueError("the yamaha download sets PFS with the IKE group only ('ipsec ike pfs N on')")
-        out.append(_YAMAHA_TUNNEL.format(
+        v2 = 2 in t.ike_versions
+        fields = dict(
             n=n, policy=200 + n, psk=t.psk, cgw_outside=t.cgw_outside, vgw_outside=t.vgw_outside,
+            version_line=f"    ipsec ike version {n} 2\n" if v2 else "", keepalive="rfc4306" if v2 else "dpd",
             cgw_inside=cgw_in, vgw_inside=vgw_in, prefixlen=net.prefixlen,
             ike_enc=_need(_Y_ENC, ike_enc, "IKE encryption", "yamaha"),
             ike_hash=_need(_Y_HASH, ike_auth, "IKE hash", "yamaha"),
@@ -220,8 +254,15 @@ def render_yamaha(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel
             esp_auth=_need(_Y_ESP_AUTH, esp_auth, "ESP integrity", "yamaha"),
             esp_lifetime=t.esp_lifetime, pfs="on" if esp_dh else "off",
             dpd_delay=t.dpd_delay, dpd_retry=t.dpd_retry,
-            mss=t.mss + 8,  # AWS's Yamaha template says 1387 where the XML says 1379
-            cgw_asn=t.cgw_asn, vgw_asn=t.vgw_asn, hold_time=t.hold_time))
+            mss=t.mss + _YAMAHA_MSS_EXTRA,
+            cgw_asn=t.cgw_asn, vgw_asn=t.vgw_asn, hold_time=t.hold_time)
+        out.append(_YAMAHA_TUNNEL.format(**fields))
+        if not shape.static:
+            out.append(_YAMAHA_BGP.format(**fields))
+    if shape.static and shape.vpc_cidr:
+        gws = " ".join(f"gateway tunnel {n}" + (" hide" if n == 1 else " weight 0") for n in range(1, len(tunnels) + 1))
+        out.append(f"\n# the route to the VPC, added by the operator (a static VPN connection has no BGP)\n"
+                   f"    ip route {shape.vpc_cidr} {gws}\n")
     out.append(_YAMAHA_TAIL)
     return "".join(out)
 
@@ -372,6 +413,9 @@ interface Tunnel{n}
   no shutdown
 exit
 
+"""
+
+_CISCO_BGP = """\
 ! ----------------------------------------------------------------------------
 ! #4: Border Gateway Protocol (BGP) Configuration
 !
@@ -418,13 +462,16 @@ _CISCO_TAIL = """\
 """
 
 
-def render_cisco_ios(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel]) -> str:
+def render_cisco_ios(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel], shape: VpnShape = VpnShape()) -> str:
+    _ipv4_only(tunnels, "cisco-ios")
+    if any(2 in t.ike_versions for t in tunnels):
+        raise ValueError("the cisco-ios rendering writes AWS's IKEv1 template only")
     out = [_CISCO_HEAD.format(vpn_id=vpn_id, cgw_id=cgw_id, vgw_id=vgw_id)]
     for n, t in enumerate(tunnels, 1):
         net, cgw_in, vgw_in = _inside(t)
         ike_enc, ike_auth, ike_dh = split_proposal(t.ike_proposal)
         esp_enc, esp_auth, esp_dh = split_proposal(t.esp_proposal)
-        out.append(_CISCO_TUNNEL.format(
+        fields = dict(
             n=n, k=n - 1, policy=199 + n, vpn_id=vpn_id, psk=t.psk, cgw_outside=t.cgw_outside,
             vgw_outside=t.vgw_outside, cgw_inside=cgw_in, vgw_inside=vgw_in, netmask=net.netmask,
             ike_enc=_need(_C_ENC, ike_enc, "IKE encryption", "cisco-ios"),
@@ -435,7 +482,14 @@ def render_cisco_ios(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTun
             esp_auth=_need(_C_ESP_AUTH, esp_auth, "ESP integrity", "cisco-ios"),
             pfs=f"  set pfs group{awsxml.DH_GROUP[esp_dh]}\n" if esp_dh else "",
             esp_lifetime=t.esp_lifetime, dpd_delay=t.dpd_delay, mss=t.mss,
-            cgw_asn=t.cgw_asn, vgw_asn=t.vgw_asn, hold_time=t.hold_time))
+            cgw_asn=t.cgw_asn, vgw_asn=t.vgw_asn, hold_time=t.hold_time)
+        out.append(_CISCO_TUNNEL.format(**fields))
+        if not shape.static:
+            out.append(_CISCO_BGP.format(**fields))
+        elif shape.vpc_cidr:
+            vpc = ipaddress.IPv4Network(shape.vpc_cidr)
+            out.append(f"! the route to the VPC, added by the operator (a static VPN connection has no BGP)\n"
+                       f"ip route {vpc.network_address} {vpc.netmask} Tunnel{n} {n * 10}\n!\n\n")
     out.append(_CISCO_TAIL)
     return "".join(out)
 
@@ -480,7 +534,7 @@ Your customer gateway may reside behind a device performing network address tran
 To ensure that NAT traversal (NAT-T) can function, you must adjust your firewall rules to unblock UDP port 4500.
 If not behind NAT, and you are not using an Accelerated VPN, we recommend disabling NAT-T. If you are using an Accelerated VPN, make sure that NAT-T is enabled.
 
-  - IKE version              : IKEv1
+  - IKE version              : IKEv{ike_version}
   - Authentication Method    : Pre-Shared Key
   - Pre-Shared Key           : {psk}
   - Authentication Algorithm : {ike_auth}
@@ -546,6 +600,9 @@ Inside IP Addresses
 Configure your tunnel to fragment at the optimal size:
   - Tunnel interface MTU     : 1436 bytes
 
+"""
+
+_GENERIC_BGP = """\
 #4: Border Gateway Protocol (BGP) Configuration:
 
 The Border Gateway Protocol (BGPv4) is used within the tunnel, between the inside
@@ -574,14 +631,31 @@ Additional Notes and Questions
 """
 
 
-def render_generic(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel]) -> str:
+_GENERIC_STATIC = """\
+#4: Static Routing Configuration:
+
+To route traffic between your internal network and your VPC,
+you will need a static route added to your router.
+
+Static Route Configuration Options:
+
+  - Next hop       : {vgw_inside}
+
+You should add static routes towards your internal network on the VGW.
+The VGW will then send traffic towards your internal network over
+the tunnels.
+
+"""
+
+
+def render_generic(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel], shape: VpnShape = VpnShape()) -> str:
     out = [_GENERIC_HEAD.format(vpn_id=vpn_id, cgw_id=cgw_id, vgw_id=vgw_id)]
     for n, t in enumerate(tunnels, 1):
         net, cgw_in, vgw_in = _inside(t)
         ike_enc, ike_auth, ike_dh = split_proposal(t.ike_proposal)
         esp_enc, esp_auth, esp_dh = split_proposal(t.esp_proposal)
-        out.append(_GENERIC_TUNNEL.format(
-            n=n, psk=t.psk, cgw_outside=t.cgw_outside, vgw_outside=t.vgw_outside, cgw_inside=cgw_in,
+        fields = dict(
+            n=n, psk=t.psk, cgw_outside=t.cgw_outside, ike_version=2 if 2 in t.ike_versions else 1, vgw_outside=t.vgw_outside, cgw_inside=cgw_in,
             vgw_inside=vgw_in, prefixlen=net.prefixlen,
             ike_auth=_need(awsxml.IKE_AUTH, ike_auth, "IKE integrity", "generic"),
             ike_enc=_need(_G_ENC, ike_enc, "IKE encryption", "generic"),
@@ -591,7 +665,9 @@ def render_generic(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunne
             esp_lifetime=t.esp_lifetime,
             pfs=f"Diffie-Hellman Group {awsxml.DH_GROUP[esp_dh]}" if esp_dh else "none",
             dpd_delay=t.dpd_delay, dpd_retry=t.dpd_retry, mss=t.mss,
-            cgw_asn=t.cgw_asn, vgw_asn=t.vgw_asn, hold_time=t.hold_time))
+            cgw_asn=t.cgw_asn, vgw_asn=t.vgw_asn, hold_time=t.hold_time)
+        out.append(_GENERIC_TUNNEL.format(**fields))
+        out.append((_GENERIC_STATIC if shape.static else _GENERIC_BGP).format(**fields))
     out.append(_GENERIC_TAIL)
     return "".join(out)
 
@@ -599,74 +675,128 @@ def render_generic(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunne
 # --------------------------------------------------------------------------------- JSON
 
 
-def render_json(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel]) -> str:
+_J_ENC = {"aes128": "AES128", "aes256": "AES256", "aes128gcm16": "AES128-GCM-16", "aes256gcm16": "AES256-GCM-16"}
+_J_INTEG = {"sha1": "SHA1", "sha256": "SHA2-256", "sha384": "SHA2-384", "sha512": "SHA2-512"}
+
+
+def _tunnel_options(t: XmlTunnel) -> dict:
+    """One TunnelOptions entry as the CLI prints it: the tunnel's proposal as AWS's lists."""
+    net = t.inside
+    ike_enc, ike_auth, ike_dh = split_proposal(t.ike_proposal)
+    esp_enc, esp_auth, esp_dh = split_proposal(t.esp_proposal)
+    opt = {"OutsideIpAddress": t.vgw_outside}
+    opt["TunnelInsideIpv6Cidr" if net.version == 6 else "TunnelInsideCidr"] = str(net)
+    opt["PreSharedKey"] = t.psk
+    opt["Phase1LifetimeSeconds"] = t.ike_lifetime
+    opt["Phase2LifetimeSeconds"] = t.esp_lifetime
+    opt["RekeyMarginTimeSeconds"] = t.rekey_margin
+    opt["RekeyFuzzPercentage"] = t.rekey_fuzz
+    opt["ReplayWindowSize"] = t.replay_window
+    opt["DpdTimeoutSeconds"] = t.dpd_timeout or t.dpd_delay * t.dpd_retry
+    opt["DpdTimeoutAction"] = t.dpd_timeout_action
+    opt["Phase1EncryptionAlgorithms"] = [{"Value": _need(_J_ENC, ike_enc, "IKE encryption", "json")}]
+    opt["Phase2EncryptionAlgorithms"] = [{"Value": _need(_J_ENC, esp_enc, "ESP encryption", "json")}]
+    integ = ike_auth or next((p[3:] for p in t.ike_proposal.split("-") if p.startswith("prf")), None)
+    opt["Phase1IntegrityAlgorithms"] = [{"Value": _need(_J_INTEG, integ, "IKE integrity", "json")}]
+    if esp_auth:
+        opt["Phase2IntegrityAlgorithms"] = [{"Value": _need(_J_INTEG, esp_auth, "ESP integrity", "json")}]
+    opt["Phase1DHGroupNumbers"] = [{"Value": _need(awsxml.DH_GROUP, ike_dh, "DH group", "json")}]
+    if esp_dh:
+        opt["Phase2DHGroupNumbers"] = [{"Value": awsxml.DH_GROUP[esp_dh]}]
+    if t.ike_versions:
+        opt["IkeVersions"] = [{"Value": f"ikev{v}"} for v in t.ike_versions]
+    if t.startup_action:
+        opt["StartupAction"] = t.startup_action
+    opt["LogOptions"] = {"CloudWatchLogOptions": {"LogEnabled": False}}
+    return opt
+
+
+def render_json(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel], shape: VpnShape = VpnShape()) -> str:
     """`aws ec2 describe-vpn-connections --vpn-connection-ids ...` as the CLI prints it."""
-    options = []
-    telemetry = []
-    for t in tunnels:
-        options.append({"OutsideIpAddress": t.vgw_outside, "TunnelInsideCidr": str(_inside(t)[0]),
-                        "PreSharedKey": t.psk})
-        telemetry.append({"AcceptedRouteCount": 0, "LastStatusChange": "2026-11-22T00:00:00+00:00",
-                          "OutsideIpAddress": t.vgw_outside, "Status": "DOWN", "StatusMessage": ""})
-    doc = {"VpnConnections": [{
-        "CustomerGatewayConfiguration": awsxml.render(vpn_id, cgw_id, vgw_id, tunnels),
+    telemetry = [{"AcceptedRouteCount": 0, "LastStatusChange": "2026-11-22T00:00:00+00:00",
+                  "OutsideIpAddress": t.vgw_outside, "Status": "DOWN", "StatusMessage": ""} for t in tunnels]
+    v6_inside = any(t.inside.version == 6 for t in tunnels)
+    v6_outside = any(":" in t.vgw_outside for t in tunnels)
+    options = {"EnableAcceleration": False, "StaticRoutesOnly": shape.static}
+    if v6_inside:
+        options.update({"LocalIpv6NetworkCidr": "::/0", "RemoteIpv6NetworkCidr": "::/0"})
+    else:
+        options.update({"LocalIpv4NetworkCidr": "0.0.0.0/0", "RemoteIpv4NetworkCidr": "0.0.0.0/0"})
+    options["OutsideIpAddressType"] = "Ipv6" if v6_outside else "PublicIpv4"
+    options["TunnelInsideIpVersion"] = "ipv6" if v6_inside else "ipv4"
+    options["TunnelOptions"] = [_tunnel_options(t) for t in tunnels]
+    conn = {
+        "CustomerGatewayConfiguration": awsxml.render(vpn_id, cgw_id, vgw_id, tunnels, static=shape.static),
         "CustomerGatewayId": cgw_id,
         "Category": "VPN",
         "State": "available",
         "Type": "ipsec.1",
         "VpnConnectionId": vpn_id,
-        "VpnGatewayId": vgw_id,
-        "Options": {
-            "EnableAcceleration": False,
-            "StaticRoutesOnly": False,
-            "LocalIpv4NetworkCidr": "0.0.0.0/0",
-            "RemoteIpv4NetworkCidr": "0.0.0.0/0",
-            "TunnelInsideIpVersion": "ipv4",
-            "TunnelOptions": options,
-        },
-        "Routes": [],
+        "TransitGatewayId" if vgw_id.startswith("tgw-") else "VpnGatewayId": vgw_id,
+        "Options": options,
+        "Routes": [{"DestinationCidrBlock": shape.onprem_cidr, "Source": "Static", "State": "available"}]
+        if shape.static and shape.onprem_cidr else [],
         "Tags": [{"Key": "Name", "Value": "cgwd-lab"}],
         "VgwTelemetry": telemetry,
-    }]}
-    return json.dumps(doc, indent=4) + "\n"
+    }
+    return json.dumps({"VpnConnections": [conn]}, indent=4) + "\n"
 
 
 # ---------------------------------------------------------------------------------- lab
 
-_RENDER = {"xml": awsxml.render, "json": render_json, "generic": render_generic,
+def _render_xml(vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel], shape: VpnShape = VpnShape()) -> str:
+    return awsxml.render(vpn_id, cgw_id, vgw_id, tunnels, static=shape.static)
+
+
+_RENDER = {"xml": _render_xml, "json": render_json, "generic": render_generic,
            "yamaha": render_yamaha, "cisco-ios": render_cisco_ios}
 
 
-def render(fmt: str, vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel]) -> str:
+def render(fmt: str, vpn_id: str, cgw_id: str, vgw_id: str, tunnels: list[XmlTunnel], shape: VpnShape = VpnShape()) -> str:
+    """``vgw_id`` may be a ``tgw-...`` id (a Transit Gateway VPN connection)."""
     try:
         fn = _RENDER[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})") from None
-    return fn(vpn_id, cgw_id, vgw_id, tunnels)
+    return fn(vpn_id, cgw_id, vgw_id, tunnels, shape)
 
 
-def lab_tunnels(lab) -> list[XmlTunnel]:
-    """The lab's VPN connection as AWS describes it (what ``Lab.aws_xml`` renders)."""
+def lab_tunnels(lab, *, ike_versions: tuple[int, ...] = (), startup_action: str | None = None,
+                group: int = 0) -> list[XmlTunnel]:
+    """The lab's VPN connection as AWS describes it (what ``Lab.aws_xml`` renders; ``group``
+    1: a dual-stack lab's IPv6 one).
+
+    ``ike_versions``/``startup_action``: what AWS's tunnel options say (the lab's IKE
+    version and who initiates are the lab's; pass them when the AWS side runs IKEv2).
+    """
     s = lab.spec
     out = []
-    for t in lab.tunnels:
+    for t in lab.vpn_groups()[group]:
         a = t.spec
         out.append(XmlTunnel(
-            cgw_outside=s.cgw_public, vgw_outside=t.aws_outside, inside_cidr=str(t.inside),
+            cgw_outside=lab.cgw_public_outer, vgw_outside=t.aws_outer, inside_cidr=str(t.inside),
             cgw_asn=s.cgw_asn, vgw_asn=s.aws_asn, psk=t.psk,
             ike_proposal=a.ike_proposals.split(",")[0], esp_proposal=a.esp_proposals.split(",")[0],
-            ike_lifetime=a.ike_lifetime, hold_time=a.hold_time, dpd_delay=int(a.dpd_delay.rstrip("s"))))
+            ike_lifetime=a.ike_lifetime, hold_time=a.hold_time, dpd_delay=int(a.dpd_delay.rstrip("s")),
+            dpd_timeout=int(a.dpd_timeout.rstrip("s")), ike_versions=ike_versions, startup_action=startup_action))
     return out
 
 
-def render_lab(lab, fmt: str) -> str:
-    return render(fmt, lab.spec.vpn_id, CGW_ID, VGW_ID, lab_tunnels(lab))
+def render_lab(lab, fmt: str, *, static: bool = False, ike_versions: tuple[int, ...] = (),
+               startup_action: str | None = None, group: int = 0) -> str:
+    """The lab's VPN connection in ``fmt``; ``static``: as a static VPN connection (the
+    VPC's CIDR in the vendor texts' routes, the on-prem prefix as AWS's static route)."""
+    shape = VpnShape(static, lab.spec.vpc_cidr, lab.spec.onprem_cidr) if static else VpnShape()
+    tunnels = lab_tunnels(lab, ike_versions=ike_versions, startup_action=startup_action, group=group)
+    gw = "tgw-0123456789abcdef0" if lab.spec.gateway == "tgw" else VGW_ID
+    return render(fmt, lab.spec.vpn_id6 if group else lab.spec.vpn_id, CGW_ID, gw, tunnels, shape)
 
 
-def write_lab(lab, fmt: str, path: str | None = None) -> str:
-    """Write the lab's VPN connection in ``fmt`` (mode 0600: it holds the PSKs); returns the path."""
+def write_lab(lab, fmt: str, path: str | None = None, **kw) -> str:
+    """Write the lab's VPN connection in ``fmt`` (mode 0600: it holds the PSKs); returns the
+    path.  ``kw``: as :func:`render_lab`."""
     path = path or os.path.join(lab.workdir, FILE_NAMES[fmt])
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render_lab(lab, fmt))
+        f.write(render_lab(lab, fmt, **kw))
     return path

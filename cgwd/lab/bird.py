@@ -30,6 +30,7 @@ class BgpNeighbor:
     next_hop_self: bool = False
     gateway_direct: bool = False  # iBGP over a shared link: resolve the next hop directly
     extra: str = ""
+    family: str = "ipv4"  # the one channel: "ipv4", or "ipv6" (an IPv6-only session, as a TGW's)
 
     def render(self) -> str:
         nhs = "\n    next hop self;" if self.next_hop_self else ""
@@ -45,7 +46,7 @@ class BgpNeighbor:
   connect retry time 2;
   error wait time 1, 10;
   {extra}
-  ipv4 {{
+  {self.family} {{
     import {self.import_};
     export {self.export};{nhs}
   }};
@@ -59,23 +60,37 @@ class BirdConfig:
     static_routes: list[tuple[str, str]] = field(default_factory=list)  # (prefix, "via X" | "blackhole")
     neighbors: list[BgpNeighbor] = field(default_factory=list)
     kernel_export: bool = True
+    static_routes6: list[tuple[str, str]] = field(default_factory=list)  # IPv6: protocol static_routes6
+    merge_paths: bool = False  # the kernel gets one multipath route of equally good BGP paths (ECMP)
+    extra: str = ""            # more protocols, verbatim (e.g. "protocol bfd { }")
 
     def render(self) -> str:
         statics = "".join(f"  route {p} {via};\n" for p, via in self.static_routes)
         static_block = f"protocol static static_routes {{\n  ipv4;\n{statics}}}\n" if statics else ""
-        kernel = "all" if self.kernel_export else "none"
+        statics6 = "".join(f"  route {p} {via};\n" for p, via in self.static_routes6)
+        if statics6:
+            static_block += f"protocol static static_routes6 {{\n  ipv6;\n{statics6}}}\n"
+        kernel6 = ""
+        if self.static_routes6 or any(n.family == "ipv6" for n in self.neighbors):
+            kernel6 = """
+protocol kernel kernel6 {
+  scan time 5;
+  ipv6 { import none; export filter { if source = RTS_BGP then accept; reject; }; };
+}
+"""
+        merge = "\n  merge paths yes;" if self.merge_paths else ""
         return (f"""router id {self.router_id};
 log stderr all;
 protocol device {{ scan time 1; }}
 
 protocol kernel {{
-  scan time 5;
+  scan time 5;{merge}
   ipv4 {{ import none; export filter {{ if source = RTS_BGP then accept; reject; }}; }};
 }}
-""" if self.kernel_export else f"""router id {self.router_id};
+{kernel6}""" if self.kernel_export else f"""router id {self.router_id};
 log stderr all;
 protocol device {{ scan time 1; }}
-""") + static_block + "".join(n.render() for n in self.neighbors)
+""") + static_block + self.extra + "".join(n.render() for n in self.neighbors)
 
 
 class Bird:
@@ -123,7 +138,7 @@ class Bird:
     def routes(self, protocol: str | None = None) -> list[str]:
         args = ["show", "route"] + (["protocol", protocol] if protocol else [])
         out = self.birdc(*args)
-        return re.findall(r"^(\d+\.\d+\.\d+\.\d+/\d+)", out, re.M)
+        return re.findall(r"^(\d+\.\d+\.\d+\.\d+/\d+|[0-9a-f:]*:[0-9a-f:]*/\d+)", out, re.M)
 
     def stop(self) -> None:
         stop_process(self.proc)

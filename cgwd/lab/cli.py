@@ -22,6 +22,9 @@ from .netns import LabError, Netns, list_netns, run, stop_process, wait_for
 from .topology import WORKDIR_MARK, Lab, LabSpec, destroy
 
 DEFAULT_PREFIX = "cgwlab"
+# seconds for one `cgwctl status` and one `cgwctl import aws` (a slow QEMU guest raises them)
+STATUS_TIMEOUT = 15.0
+IMPORT_TIMEOUT = 60.0
 
 
 def _state_path(prefix: str) -> str | None:
@@ -38,15 +41,34 @@ def cgwctl_command(*args: str) -> list[str]:
 
 
 def import_config(lab: Lab) -> str:
-    """AWS XML -> cgwd config through the operator's own command, `cgwctl import aws`."""
-    xml = lab.write_aws_xml()
+    """AWS downloads -> cgwd config through the operator's own command, `cgwctl import aws` (a
+    dual-stack lab's second, IPv6, VPN connection with ``--merge``).
+
+    An IKEv2 lab (the XML states no IKE version) is written as describe-vpn-connections JSON,
+    whose tunnel options say IKEv2 and who initiates (StartupAction "start" when the AWS
+    endpoints initiate)."""
     out = os.path.join(lab.workdir, "cgwd.toml")
-    args = ["import", "aws", xml, "--advertise", lab.spec.onprem_cidr, "-o", out]
-    if lab.spec.nat:
-        args += ["--local-address", lab.cgw_outside]
-    proc = run(cgwctl_command(*args), check=False)
-    if proc.returncode != 0:
-        raise LabError(f"cgwctl import aws failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    for group, tunnels in enumerate(lab.vpn_groups()):
+        if lab.spec.ike_version == 2:
+            from . import awsvendor
+
+            start = any(a.start_action == "start" for a in lab.spec.aws)
+            path = os.path.join(lab.workdir, f"aws-vpn-{group}.json") if group else None
+            xml = awsvendor.write_lab(lab, "json", path, ike_versions=(2,), startup_action="start" if start else "add",
+                                      static=lab.spec.static, group=group)
+        else:
+            xml = lab.write_aws_xml(group=group)
+        v6 = tunnels[0].ipv6
+        if lab.spec.static:  # no BGP: the VPC side's CIDRs are given, nothing is advertised
+            args = ["import", "aws", xml, "--static-route", lab.spec.vpc_cidr6 if v6 else lab.spec.vpc_cidr]
+        else:
+            args = ["import", "aws", xml, "--advertise", lab.spec.onprem_cidr6 if v6 else lab.spec.onprem_cidr]
+        args += ["-o", out] + (["--merge", out] if group else [])
+        if lab.spec.nat:
+            args += ["--local-address", lab.cgw_outside]
+        proc = run(cgwctl_command(*args), check=False, timeout=IMPORT_TIMEOUT)
+        if proc.returncode != 0:
+            raise LabError(f"cgwctl import aws failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return out
 
 
@@ -59,42 +81,60 @@ def start_cgwd(lab: Lab, config: str, *, extra_env: dict | None = None) -> subpr
     return proc
 
 
+
+
 def cgwctl_status(lab: Lab, *, as_json: bool = False) -> str | dict:
     sock = os.path.join(lab.workdir, "cgwd.sock")
     args = ["status", "--socket", sock] + (["--json"] if as_json else [])
-    proc = run(cgwctl_command(*args), check=False, timeout=15)
+    proc = run(cgwctl_command(*args), check=False, timeout=STATUS_TIMEOUT)
     if as_json:
         return json.loads(proc.stdout) if proc.returncode == 0 else {}
     return proc.stdout + proc.stderr
 
 
 def cgwd_ready(lab: Lab) -> bool:
-    """Every tunnel's IPsec SA installed and BGP established, and the VPC route in the kernel."""
+    """Every tunnel's IPsec SA installed and BGP established (static: its static routes
+    offered), and the VPC route through a tunnel in the kernel."""
     st = cgwctl_status(lab, as_json=True)
     tunnels = st.get("tunnels") or []
     if len(tunnels) != len(lab.tunnels):
         return False
-    ok = all(t.get("ipsec", {}).get("state") == "installed" and t.get("bgp", {}).get("state") == "established"
-             for t in tunnels)
-    return ok and lab.spec.vpc_cidr in lab.cgw_routes()
+    if lab.spec.static:
+        routing_ok = [t.get("static", {}).get("state") in ("up", "hold-down") for t in tunnels]
+    else:
+        routing_ok = [t.get("bgp", {}).get("state") == "established" for t in tunnels]
+    ok = all(t.get("ipsec", {}).get("state") == "installed" and r for t, r in zip(tunnels, routing_ok))
+    return ok and all(lab.vpc_prefix(g[0]) in lab.cgw_routes(lab.vpc_prefix(g[0])) for g in lab.vpn_groups())
 
 
 def reference_ready(lab: Lab) -> bool:
+    if lab.spec.static:
+        return False  # the reference stack is BGP (BIRD) only
     return all(lab.aws_bgp_established(t.index) for t in lab.tunnels) and lab.spec.vpc_cidr in lab.cgw_routes()
 
 
 def cmd_up(args) -> int:
-    spec = LabSpec(prefix=args.prefix, tunnels=args.tunnels, nat=args.nat)
+    if args.static and args.stack == "reference":
+        raise LabError("--static runs cgwd as the customer gateway (the reference stack is BGP only)")
+    if args.dual_stack:
+        args.tunnels = 4
+    try:
+        spec = LabSpec(prefix=args.prefix, tunnels=args.tunnels, nat=args.nat, static=args.static,
+                       ike_version=args.ike, ipv6=args.ipv6, outer_ipv6=args.outer_ipv6, dual_stack=args.dual_stack)
+    except ValueError as exc:  # a combination the lab does not build: said in one line
+        raise LabError(str(exc)) from None
     t0 = time.monotonic()
     lab = Lab(spec)
-    print(f"lab: building namespaces {spec.prefix}-* (AWS endpoints: strongSwan + BIRD AS {spec.aws_asn})")
+    aws = "strongSwan only, static routing" if spec.static else f"strongSwan + BIRD AS {spec.aws_asn}"
+    print(f"lab: building namespaces {spec.prefix}-* (AWS endpoints: {aws})")
     lab.up()
     ok = False
     try:
         stack = args.stack
         if stack == "cgwd":
             config = import_config(lab)
-            print(f"lab: AWS configuration (XML) imported with `cgwctl import aws` -> {config}")
+            fmt = "describe-vpn-connections JSON, IKEv2" if spec.ike_version == 2 else "XML"
+            print(f"lab: AWS configuration ({fmt}) imported with `cgwctl import aws` -> {config}")
             proc = start_cgwd(lab, config)
             print(f"lab: cgwd started in namespace {lab.cgw.name} (log: {lab.workdir}/cgwd.log)")
             try:
@@ -115,16 +155,22 @@ def cmd_up(args) -> int:
                 print(f"lab: {exc}")
             print(lab.ref_charon.list_sas())
             print(lab.ref_bird.birdc("show", "protocols"))
-        print(f"lab: routes to the VPC in {lab.cgw.name}:\n  " + (lab.cgw_routes().strip() or "(none)"))
-        try:
-            lab.wait_ping(timeout=20)  # the VPC side learns the return route a moment after BGP is up
-            ok = lab.ping(3)
-        except LabError:
-            ok = False
-        took = time.monotonic() - t0
-        verdict = "OK" if ok else "FAILED"
-        print(f"lab: ping {spec.onprem_host} (on-prem) -> {spec.vpc_host} (VPC) through the tunnel: {verdict}"
-              f" ({took:.1f}s after start)")
+        ok = True
+        for group in lab.vpn_groups():
+            v6 = group[0].ipv6
+            src, dst = (spec.onprem_host6, spec.vpc_host6) if v6 else (spec.onprem_host, spec.vpc_host)
+            routes = lab.cgw_routes(lab.vpc_prefix(group[0])).strip()
+            print(f"lab: routes to the VPC in {lab.cgw.name}:\n  " + (routes or "(none)"))
+            try:
+                # the VPC side learns the return route a moment after BGP is up
+                wait_for(lambda: lab.ping(1, dst=dst, timeout=1), 20, interval=0.5, what=f"a ping to {dst}")
+                good = lab.ping(3, dst=dst)
+            except LabError:
+                good = False
+            ok = ok and good
+            took = time.monotonic() - t0
+            verdict = "OK" if good else "FAILED"
+            print(f"lab: ping {src} (on-prem) -> {dst} (VPC) through the tunnel: {verdict} ({took:.1f}s after start)")
     except BaseException:
         lab.down()
         raise
@@ -166,9 +212,15 @@ def cmd_status(args) -> int:
         proc = run(cgwctl_command("status", "--socket", os.path.join(workdir, "cgwd.sock")), check=False)
         print(proc.stdout + proc.stderr)
     print(f"routes in {cgw.name}:\n" + cgw.ip("route", check=False).stdout)
+    if state.get("ipv6") or state.get("dual_stack") or state.get("outer_ipv6"):
+        print(f"IPv6 routes in {cgw.name}:\n" + cgw.ip("-6 route", check=False).stdout)
     onprem = Netns(f"{args.prefix}-onprem")
-    p = onprem.run(["ping", "-n", "-c", "2", "-W", "1", "10.100.0.10"], check=False)
-    print(p.stdout.strip().splitlines()[-2] if p.stdout.strip() else p.stderr)
+    spec = LabSpec()
+    dsts = ([spec.vpc_host] if not state.get("ipv6") else []) + (
+        [spec.vpc_host6] if state.get("ipv6") or state.get("dual_stack") else [])
+    for dst in dsts:
+        p = onprem.run(["ping", "-n", "-c", "2", "-W", "1", dst], check=False)
+        print(p.stdout.strip().splitlines()[-2] if p.stdout.strip() else p.stderr)
     return 0
 
 
@@ -188,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix (default %(default)s)")
         sp.add_argument("--tunnels", type=int, default=2, help="AWS endpoints/tunnels (1-4, default 2)")
         sp.add_argument("--nat", action="store_true", help="put the customer gateway behind a NAT router")
+        sp.add_argument("--ike", type=int, choices=(1, 2), default=1,
+                        help="IKE version of the AWS endpoints (default %(default)s; 2: strongSwan IKEv2)")
+        sp.add_argument("--static", action="store_true",
+                        help="a static-routing VPN connection (no BGP; AWS side: strongSwan only)")
+        sp.add_argument("--ipv6", action="store_true",
+                        help="an IPv6 VPN connection (inside /126s, BGP over IPv6, ::/0 selectors; TGW)")
+        sp.add_argument("--outer-ipv6", action="store_true",
+                        help="IPv6 outside addresses for IKE and ESP (with IPv4 or, with --ipv6, IPv6 inside)")
+        sp.add_argument("--dual-stack", action="store_true",
+                        help="an IPv4 and an IPv6 VPN connection at once (four tunnels)")
         sp.add_argument("--stack", choices=("cgwd", "reference"), default="cgwd",
                         help="what runs as the customer gateway (default cgwd)")
         sp.add_argument("--timeout", type=float, default=60, help="seconds to wait for the VPN (default 60)")

@@ -58,6 +58,7 @@ class Connection:
     children: list[Child] = field(default_factory=list)
     encap: bool = True
     keyingtries: int = 0  # 0 = forever
+    version: int = 1  # 2: an IKEv2 endpoint (AWS's recommended; rekeys its IKE SA instead of reauthenticating)
 
     def render(self) -> str:
         kids = []
@@ -76,15 +77,19 @@ class Connection:
         mode = tunnel
       }}""")
         children = "\n".join(kids)
+        if self.version == 2:  # AWS rekeys an IKEv2 SA (no reauthentication) and does no MOBIKE
+            lifetimes = f"rekey_time = {self.reauth_time}\n    reauth_time = 0\n    mobike = no"
+        else:
+            lifetimes = f"reauth_time = {self.reauth_time}"
         return f"""  {self.name} {{
-    version = 1
+    version = {self.version}
     local_addrs = {self.local_addr}
     remote_addrs = {self.remote_addr}
     proposals = {self.proposals}
     encap = {"yes" if self.encap else "no"}
     dpd_delay = {self.dpd_delay}
     dpd_timeout = {self.dpd_timeout}
-    reauth_time = {self.reauth_time}
+    {lifetimes}
     keyingtries = {self.keyingtries}
     local {{
       auth = psk
@@ -162,6 +167,7 @@ charon {{
     lab {{
       path = {self.log}
       time_format = %H:%M:%S
+      time_add_ms = yes
       flush_line = yes
       default = {lvl}
       ike = {max(lvl, 1)}
@@ -212,6 +218,10 @@ charon {{
         wait_for(lambda: "lookup 220" in self.ns.ip("rule show", check=False).stdout, 10,
                  what=f"charon's routing rule in {self.ns.name}")
         self.ns.ip("rule del table 220", check=False)
+        # the same for IPv6 (IPv6 selectors: an IPv6 VPN's ::/0 child)
+        while "lookup 220" in self.ns.ip("-6 rule show", check=False).stdout:
+            if self.ns.ip("-6 rule del table 220", check=False).returncode != 0:
+                break
 
     def _died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -249,10 +259,12 @@ def list_sas_parsed(text: str) -> list[dict]:
     sas: list[dict] = []
     cur = None
     for line in text.splitlines():
-        m = re.match(r"^(\S+): #(\d+), (\w+), IKEv(\d)", line)
+        m = re.match(r"^(\S+): #(\d+), (\w+), IKEv(\d)(?:, ([0-9a-f]{16})_i(\*?) ([0-9a-f]{16})_r(\*?))?", line)
         if m:
             cur = {"name": m.group(1), "state": m.group(3), "version": int(m.group(4)), "children": [],
                    "lines": [line]}
+            if m.group(5):  # SPIs: "_i" the initiator's, "*" the local one (AWS's)
+                cur.update(spi_i=m.group(5), spi_r=m.group(7), local="i" if m.group(6) else "r")
             sas.append(cur)
             continue
         if cur is None:

@@ -6,7 +6,8 @@ mutations carry the live cookies and message ids and reach the decrypt and HASH 
 
 What must hold for every input: the decoder raises only IkeDecodeError; the engine raises
 nothing, logs no traceback, keeps its established ISAKMP and IPsec SAs (no event takes the
-tunnel down), keeps at most HALF_OPEN_LIMIT half-open SAs, and allocates a bounded amount.
+tunnel down), keeps at most UNVERIFIED_LIMIT + HALF_OPEN_LIMIT half-open SAs, and allocates a
+bounded amount.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from fuzzlib import FUZZ, corpus, inputs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cgwd.ike.codec import IkeDecodeError, decode_message
+from cgwd.ike.v1.codec import IkeDecodeError, decode_message
 from cgwd.ike.events import IpsecSaDown, IpsecSaUp, PeerDead, Phase1Down
-from cgwd.ike.session import HALF_OPEN_LIMIT, IkePeer, IkePeerConfig
+from cgwd.ike.v1 import IkePeer, IkePeerConfig
+from cgwd.ike.v1.main_mode import HALF_OPEN_LIMIT, UNVERIFIED_LIMIT
 
 PSK = b"fuzz-psk-never-printed"
 A, B = "192.0.2.1", "192.0.2.2"
@@ -104,8 +106,8 @@ def test_established_engine_survives_hostile_datagrams(alloc_guard, caplog, data
     assert not down, f"hostile input took the tunnel down: {down}"
     st_ = p.a.status()
     assert st_["state"] == "established" and st_["ipsec_sas"], st_
-    half_open = [s for s in p.a._sas if not s.established]
-    assert len(half_open) <= HALF_OPEN_LIMIT
+    half_open = [s for s in p.a.sas if not s.established]
+    assert len(half_open) <= UNVERIFIED_LIMIT + HALF_OPEN_LIMIT
     assert p.a.counters.get("drop_internal_error", 0) == 0, p.a.last_error
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert PSK.decode() not in caplog.text
@@ -124,27 +126,37 @@ def test_unauthenticated_main_mode_1_does_not_move_an_established_tunnel():
     assert p.a.status()["state"] == "established"
 
 
-def test_initiation_flood_is_rate_limited_and_half_open_bounded():
-    """The endpoint admits a burst of new exchanges per peer, then INIT_RATE per second; the
-    engine keeps at most HALF_OPEN_LIMIT responder SAs whatever gets through."""
-    from cgwd.ike.endpoint import INIT_BURST, INIT_RATE, IkeEndpoint
+def test_initiation_flood_is_bounded_and_cannot_lock_out_the_peer():
+    """A flood of spoofed MM1s from the peer's address through the endpoint: the engine keeps
+    at most UNVERIFIED_LIMIT unverified exchanges (the oldest give way, none is refused), does
+    no DH work for them, and the real peer's exchange started after the flood completes."""
+    from cgwd.ike.endpoint import IkeEndpoint
+    from cgwd.ike.events import Phase1Up
 
     ep = IkeEndpoint(A)
     clock = [100.0]
     ep.now = lambda: clock[0]
     peer = IkePeer(IkePeerConfig(A, B, PSK, initiator=False), random_bytes=_rand(5), name="R")
     ep.add_peer(peer)
+    sent: list = []
+    ep._send = sent.append
     attacker = IkePeer(IkePeerConfig(B, A, b"other"), random_bytes=_rand(6), name="X")
     attacker.start(0.0)
     mm1 = bytearray(attacker.datagrams_to_send()[0].data)
-    for i in range(1000):
+    for i in range(1, 1001):
         mm1[:8] = i.to_bytes(8, "big")
         ep._dispatch(bytes(mm1), (B, 500), False)
-    assert ep.counters["drop_init_rate_limit"] == 1000 - INIT_BURST
-    clock[0] += 2.0  # two seconds later: 2 * INIT_RATE more are admitted
-    for i in range(1000, 1100):
-        mm1[:8] = i.to_bytes(8, "big")
-        ep._dispatch(bytes(mm1), (B, 500), False)
-    assert ep.counters["drop_init_rate_limit"] == 1100 - INIT_BURST - int(2 * INIT_RATE)
-    assert len([s for s in peer._sas if not s.established]) <= HALF_OPEN_LIMIT
-    assert peer.counters.get("drop_half_open_limit", 0) > 0
+    assert len([s for s in peer.sas if not s.established]) == UNVERIFIED_LIMIT
+    assert peer.counters["half_open_evicted"] == 1000 - UNVERIFIED_LIMIT
+    assert "drop_half_open_limit" not in peer.counters and "drop_dh_rate_limit" not in peer.counters
+    real = IkePeer(IkePeerConfig(B, A, PSK, initiator=True), random_bytes=_rand(8), name="B")
+    real.start(clock[0])
+    sent.clear()
+    for _ in range(10):
+        for d in real.datagrams_to_send():
+            ep._dispatch(d.data, (B, 500), False)
+        for d in sent:
+            real.receive_datagram(d.data, (A, 500), 500, clock[0])
+        sent.clear()
+    assert any(isinstance(e, Phase1Up) for e in iter(real.next_event, None))
+    assert peer.status()["state"] == "established"

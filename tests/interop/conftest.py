@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 
 import pytest
 
-from cgwd.lab.bird import bird_available
 from cgwd.lab.cli import import_config, start_cgwd
-from cgwd.lab.strongswan import charon_available
-from cgwd.lab.topology import AwsTunnelSpec, Lab, LabSpec, leftovers
+from cgwd.lab.topology import AwsTunnelSpec, Lab, LabSpec
+from labenv import interop_skip_reason, tear_down_labs
 
 _counter = itertools.count(1)
-
-
-def interop_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "interop tests need root (network namespaces); run them as root"
-    for tool in ("ip", "iptables", "ping"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return charon_available() or bird_available()
-
 
 @pytest.fixture
 def lab_factory(request):
@@ -47,33 +35,13 @@ def lab_factory(request):
         return lab
 
     yield make
-    problems = []
-    for lab in labs:
-        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-            _dump_logs(lab)
-        lab.down()
-        left = leftovers(lab.spec.prefix)
-        if left:
-            problems.append(f"lab {lab.spec.prefix} left: {left}")
-    assert not problems, problems
-
-
-def _dump_logs(lab: Lab) -> None:
-    for root, _dirs, files in os.walk(lab.workdir):
-        for name in files:
-            if name.endswith(".log"):
-                path = os.path.join(root, name)
-                with open(path, errors="replace") as f:
-                    tail = f.readlines()[-40:]
-                print(f"----- {path} (last {len(tail)} lines)\n" + "".join(tail))
-
+    tear_down_labs(request, labs)
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
-
 
 @pytest.fixture
 def cgwd_in_lab():

@@ -1,9 +1,10 @@
 """One end of the userspace ESP self-interop test (run inside a network namespace).
 
-Reads a JSON description from stdin's first line (SA keys as hex, addresses), opens a
-UserspaceDatapath with its TUN, owns a UDP socket on port 4500 standing in for the IKE
-endpoint, prints "READY" and runs until stdin closes; then prints the stats as JSON
-(secret-free) and removes everything.
+Reads a JSON description from stdin's first line (SA keys as hex, addresses of either
+family, optional ``ts`` selectors such as "::/0", the inside address of the TUN: an IPv4
+/30 or an IPv6 /126), opens a UserspaceDatapath with its TUN, owns a UDP socket on port
+4500 standing in for the IKE endpoint, prints "READY" and runs until stdin closes; then
+prints the stats as JSON (secret-free) and removes everything.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ async def main() -> None:
         "userspace",
         name="test",
         ifname=cfg["ifname"],
-        inside=ipaddress.IPv4Interface(cfg["inside"]),
-        mtu=cfg.get("mtu", 1436),
+        inside=ipaddress.ip_interface(cfg["inside"]),
+        mtu=cfg.get("mtu"),
         replay_window=cfg.get("replay_window", 1024),
         send_udp=(lambda data, addr: transport.sendto(data, addr)) if transport else None,
         on_event=events.append,
@@ -59,6 +60,7 @@ async def main() -> None:
     )
     await dp.open()
     ref[0] = dp
+    ts = {"local_ts": cfg["ts"], "remote_ts": cfg["ts"]} if cfg.get("ts") else {}
     for p in cfg["pairs"]:
         dp.install(
             IpsecSaPair(
@@ -73,6 +75,7 @@ async def main() -> None:
                 local_address=cfg["local_address"],
                 remote_address=cfg["remote_address"],
                 udp_encap=cfg.get("udp_encap", True),
+                **ts,
             )
         )
     print("READY", flush=True)
@@ -98,6 +101,7 @@ async def main() -> None:
                     local_address=cfg["local_address"],
                     remote_address=cfg["remote_address"],
                     udp_encap=cfg.get("udp_encap", True),
+                    **ts,
                 )
             )
         elif cmd.get("op") == "remove":

@@ -21,12 +21,42 @@ from cgwd.lab.netns import Netns, run, wait_for
 METRICS = "127.0.0.1:9474"
 
 
-def config(lab, *, dpd_interval: int | None = None, debug: bool = False, metrics: bool = False) -> str:
-    """The lab's AWS XML imported by `cgwctl import aws`, with test settings edited in."""
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return str(v)
+
+
+def set_tunnel_keys(text: str, per_tunnel: list[dict]) -> str:
+    """Set keys in the config's [[vpn.tunnel]] tables (the i-th dict for the i-th tunnel):
+    an existing key's line is replaced, a missing one added after the tunnel's name."""
+    head, *blocks = text.split("\n  [[vpn.tunnel]]\n")
+    out = []
+    for i, block in enumerate(blocks):
+        for key, value in (per_tunnel[i] if i < len(per_tunnel) else {}).items():
+            line = f"  {key} = {_toml(value)}"
+            if re.search(rf"^  {key} = .*$", block, flags=re.M):
+                block = re.sub(rf"^  {key} = .*$", line, block, count=1, flags=re.M)
+            else:
+                block = re.sub(r"^(  name = .*)$", lambda m: m.group(1) + "\n" + line, block, count=1, flags=re.M)
+        out.append(block)
+    return "\n  [[vpn.tunnel]]\n".join([head, *out])
+
+
+def config(lab, *, dpd_interval: int | None = None, debug: bool = False, metrics: bool = False,
+           tunnels: list[dict] | None = None) -> str:
+    """The lab's AWS XML (IKEv2: JSON) imported by `cgwctl import aws`, with test settings
+    edited in; ``tunnels``: keys to set per tunnel (see set_tunnel_keys)."""
     path = import_config(lab)
     text = open(path).read()
     if dpd_interval is not None:
         text = re.sub(r"dpd_interval = \d+", f"dpd_interval = {dpd_interval}", text)
+    if tunnels:
+        text = set_tunnel_keys(text, tunnels)
     daemon = []
     if debug:
         text = re.sub(r'log_level = "\w+"', 'log_level = "debug"', text)
@@ -39,8 +69,8 @@ def config(lab, *, dpd_interval: int | None = None, debug: bool = False, metrics
     return path
 
 
-def bring_up(lab, cfg: str, timeout: float = 90):
-    proc = start_cgwd(lab, cfg)
+def bring_up(lab, cfg: str, timeout: float = 90, env: dict | None = None):
+    proc = start_cgwd(lab, cfg, extra_env=env)
     wait_for(lambda: proc.poll() is not None or cgwd_ready(lab), timeout, interval=0.5,
              what="cgwd tunnels + BGP + VPC route")
     assert proc.poll() is None, log_text(lab)[-3000:]
@@ -212,3 +242,127 @@ def assert_no_secret(lab, extra_texts: list[str] = ()) -> int:
             assert t.psk not in text, "a PSK leaked into cgwd's output"
             assert t.psk.encode().hex() not in text, "a PSK leaked (hex) into cgwd's output"
     return searched
+
+
+# ----------------------------------------------------------------------------- precise pings
+
+_PINGER = r"""
+import json, os, select, signal, socket, struct, sys, time
+dst, interval, src = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(time.monotonic()))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+if src:
+    s.bind((src, 0))
+ident = os.getpid() & 0xFFFF
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    n = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    n = (n >> 16) + (n & 0xFFFF)
+    return ~(n + (n >> 16)) & 0xFFFF
+
+sent, got = {}, {}
+seq, nxt, end = 0, time.monotonic(), None
+print("ready", flush=True)
+while True:
+    now = time.monotonic()
+    if stop and end is None:
+        end = now + 2.0  # the replies still on their way
+    if end is not None and now >= end:
+        break
+    if end is None and now >= nxt:
+        body = struct.pack("!Qd", seq, now) + b"cgwd-lab" * 4
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
+        pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + body), ident, seq & 0xFFFF) + body
+        try:
+            s.sendto(pkt, (dst, 0))
+        except OSError:
+            pass  # no route (fail closed): counted as lost
+        sent[seq] = now
+        seq += 1
+        nxt += interval
+        if nxt < now - 1:  # we were not scheduled for a while: do not burst
+            nxt = now + interval
+    wake = end if end is not None else nxt
+    r, _, _ = select.select([s], [], [], max(0.0, wake - time.monotonic()))
+    while r:
+        try:
+            data = s.recv(4096, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        ihl = (data[0] & 0x0F) * 4
+        icmp = data[ihl:]
+        if len(icmp) >= 24 and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+            (n,) = struct.unpack("!Q", icmp[8:16])
+            got.setdefault(n, time.monotonic())
+lost = [n for n in sent if n not in got]
+print(json.dumps({"sent": len(sent), "received": len([n for n in got if n in sent]),
+                  "lost_at": [sent[n] for n in lost][:5000],
+                  "rtt_max": max((got[n] - sent[n] for n in got if n in sent), default=0.0)}), flush=True)
+"""
+
+
+class Pinger:
+    """ICMP echo from a namespace every ``interval`` seconds until stop(); each request's
+    send time is kept (CLOCK_MONOTONIC, the test's clock too), so losses can be placed next
+    to the faults. Unlike ping(8) stopped by a signal, a request in flight at the end is
+    waited for, not counted lost."""
+
+    def __init__(self, lab, ns: Netns, dst: str, *, interval: float = 0.2, src: str = "", name: str = "ping"):
+        self.name = name
+        self.path = os.path.join(lab.workdir, f"pinger-{name}-{time.monotonic_ns()}.out")
+        self.proc = ns.popen([sys.executable, "-c", _PINGER, dst, str(interval), src], log_path=self.path)
+        lab.procs.append(self.proc)
+        wait_for(lambda: "ready" in open(self.path).read() or self.proc.poll() is not None, 10,
+                 what=f"pinger {name} to start")
+        self.result: dict | None = None
+
+    def stop(self) -> dict:
+        """{'sent', 'received', 'lost', 'lost_at': [monotonic send times], 'rtt_max'}"""
+        if self.result is None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            self.proc.wait(30)
+            lines = [ln for ln in open(self.path).read().splitlines() if ln.startswith("{")]
+            assert lines, f"pinger {self.name} printed no result: {open(self.path).read()[-2000:]}"
+            self.result = json.loads(lines[-1])
+            self.result["lost"] = self.result["sent"] - self.result["received"]
+        return self.result
+
+
+def gaps(lost_at: list[float], interval: float) -> list[tuple[float, float]]:
+    """Runs of consecutive lost requests as (first send time, seconds without replies)."""
+    out: list[tuple[float, float]] = []
+    for t in sorted(lost_at):
+        if out and t - (out[-1][0] + out[-1][1]) <= interval * 1.5:
+            out[-1] = (out[-1][0], t - out[-1][0] + interval)
+        else:
+            out.append((t, interval))
+    return out
+
+
+# ----------------------------------------------------------------------------- wall clock
+
+class WallClock:
+    """A wall clock of cgwd's own (tests/interop/wallclock/sitecustomize.py): ``env`` goes to
+    start_cgwd, ``step(seconds)`` moves cgwd's time.time() while it runs; the machine's clock
+    and every monotonic clock are untouched (CLOCK_REALTIME cannot be set per namespace, and
+    stepping the host's would disturb everything else on it)."""
+
+    def __init__(self, lab):
+        self.path = os.path.join(lab.workdir, "wallclock.offset")
+        self.offset = 0.0
+        self._write()
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wallclock")
+        self.env = {"CGWD_FAKE_WALL_CLOCK": self.path,
+                    "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+
+    def _write(self) -> None:
+        with open(self.path, "r+b" if os.path.exists(self.path) else "wb") as f:
+            f.write(struct.pack("d", self.offset))
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
+        self._write()

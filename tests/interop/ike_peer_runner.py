@@ -14,7 +14,7 @@ import sys
 
 from cgwd.ike.endpoint import IkeEndpoint
 from cgwd.ike.events import IpsecSaDown, IpsecSaUp, NatDetected, PeerDead, Phase1Down, Phase1Up
-from cgwd.ike.session import IkePeer, IkePeerConfig
+from cgwd.ike.v1 import IkePeer, IkePeerConfig
 
 
 def out(obj: dict) -> None:

@@ -23,8 +23,8 @@ SCRIPT = r'''
 import errno, json, subprocess, sys
 sys.path.insert(0, REPO)
 from cgwd.bgp import kernel as kmod
-from cgwd.bgp.kernel import KernelRoutes
-from cgwd.bgp.rib import NextHop, RibChanges
+from cgwd.routing.kernel import KernelRoutes
+from cgwd.routing.rib import NextHop, RibChanges
 
 def ip(*a):
     return subprocess.run(["ip", *a], capture_output=True, text=True, check=True).stdout
@@ -73,6 +73,22 @@ out["after_reconcile"] = len(ours())
 k.remove_all()
 out["left"] = ours() + ours("-6")
 out["static_kept"] = "10.64.5.0/24" in ip("route", "show", "proto", "static")
+# fail closed: unreachable routes at the worse metric, batched like the others
+guards = {f"10.70.{i}.0/24" for i in range(20)} | {"10.71.0.0/16", "10.72.0.0/16"}
+k.apply(RibChanges(guard_add=guards))
+unr = [l for l in ours() if l.startswith("unreachable")]
+out["unreachable"] = len(unr)
+out["unreachable_metric"] = all("metric 1100" in l for l in unr)
+ip("link", "del", "bgpv1")                           # a tunnel interface dies: they stay
+out["unreachable_after_linkdel"] = len([l for l in ours() if l.startswith("unreachable")])
+out["reconcile_guards"] = k.reconcile({}, {"10.71.0.0/16", "10.72.0.0/16", "10.73.0.0/16"})
+out["unreachable_after_reconcile"] = sorted(l.split()[1] for l in ours() if l.startswith("unreachable"))
+k2 = KernelRoutes(254, 100, 157)                     # the next run after a crash
+out["flushed"] = k2.flush_stale()
+out["left_after_flush"] = ours()
+k.apply(RibChanges(guard_add={"10.74.0.0/16"}))
+k.remove_all()
+out["left_after_remove_all"] = ours()
 out["batches"] = k.batches
 print(json.dumps(out))
 '''
@@ -102,3 +118,9 @@ def test_kernel_routes_batched_matches_per_request(mode):
     # link down dropped every route via bgpv1; reconcile re-adds the 50 wanted ones
     assert out["reconcile"]["added"] == 50 and out["after_reconcile"] == 50
     assert out["left"] == [] and out["static_kept"]
+    assert out["unreachable"] == 22 and out["unreachable_metric"]
+    assert out["unreachable_after_linkdel"] == 22
+    assert out["reconcile_guards"] == {"added": 1, "removed": 20, "fixed": 0}
+    assert out["unreachable_after_reconcile"] == ["10.71.0.0/16", "10.72.0.0/16", "10.73.0.0/16"]
+    assert out["flushed"] == 3 and out["left_after_flush"] == []
+    assert out["left_after_remove_all"] == []

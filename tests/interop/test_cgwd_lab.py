@@ -88,9 +88,10 @@ def test_cgwd_restart_after_sigkill_cleans_up(lab_factory):
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     lab.procs.remove(proc)
-    # TUN devices die with the process, and the kernel drops the routes through them.
+    # TUN devices die with the process, and the kernel drops the routes through them; the
+    # fail-closed route (no interface) stays: the VPC is unreachable, not sent in cleartext.
     assert not [n for n in _links(lab) if n.startswith("cgw-")]
-    assert _our_routes(lab) == ""
+    assert _our_routes(lab) == "unreachable 10.100.0.0/16 metric 1100"
     # What a crash of the kernel data path leaves (persistent interfaces, routes of ours),
     # planted by hand, plus a route somebody else installed that must survive.
     lab.cgw.ip(f"tuntap add {ifnames[0]} mode tun")
@@ -101,7 +102,7 @@ def test_cgwd_restart_after_sigkill_cleans_up(lab_factory):
     links = sorted(n for n in _links(lab) if n.startswith("cgw-"))
     assert links == ifnames
     assert "10.99.0.0/16" not in _our_routes(lab)
-    assert len(_our_routes(lab).splitlines()) == 1
+    assert len(_our_routes(lab).splitlines()) == 2   # the route through the tunnel, the fail-closed one
     assert "10.98.0.0/16" in lab.cgw.ip("route show proto static").stdout
     lab.wait_ping(30)
     log = open(os.path.join(lab.workdir, "cgwd.log")).read()
@@ -173,16 +174,30 @@ def test_operator_commands_and_reload_against_running_daemon(lab_factory):
     proc.send_signal(signal.SIGHUP)
     time.sleep(1.5)
     assert _spis(lab) == before
-    # cgwctl reload with one tunnel's setting changed restarts that tunnel only.
+    # cgwctl reload with a MED on tunnel 2: applied in place (BGP sends the new MED, as AWS's
+    # BIRD shows), no SA touched on either tunnel.
     text = open(config).read()
     parts = text.split("[[vpn.tunnel]]")
-    if re.search(r"hold_time = \d+", parts[2]):
-        parts[2] = re.sub(r"hold_time = \d+", "hold_time = 60", parts[2], count=1)
-    else:
-        parts[2] = parts[2].replace("\n", "\nhold_time = 60\n", 1)
+    parts[2] = parts[2].replace("\n", "\nmed = 250\n", 1)
     open(config, "w").write("[[vpn.tunnel]]".join(parts))
     r = _ctl(lab, "reload")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "applied in place" in r.stdout and names[1] in r.stdout and "med" in r.stdout, r.stdout
+    wait_for(lambda: "MED = 250" in lab.tunnels[1].bird.birdc("show", "route", "all", "protocol", "cgw")
+             or "med: 250" in lab.tunnels[1].bird.birdc("show", "route", "all", "protocol", "cgw").lower(), 15,
+             what="AWS's BIRD to see the new MED on tunnel 2")
+    assert _spis(lab) == before, "an in-place change must not touch the SAs"
+    st = cgwctl_status(lab, as_json=True)
+    assert st["last_reload"]["applied"] == {names[1]: ["med"]}
+    # a setting that needs a new IKE negotiation (the ESP lifetime) restarts that tunnel only
+    if re.search(r"esp_lifetime = \d+", parts[2]):
+        parts[2] = re.sub(r"esp_lifetime = \d+", "esp_lifetime = 1800", parts[2], count=1)
+    else:
+        parts[2] = parts[2].replace("\n", "\nesp_lifetime = 1800\n", 1)
+    open(config, "w").write("[[vpn.tunnel]]".join(parts))
+    r = _ctl(lab, "reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restarted" in r.stdout and "esp_lifetime" in r.stdout, r.stdout
     wait_for(lambda: cgwd_ready(lab), 30, what="tunnels back after reload")
     after = _spis(lab)
     assert after[names[0]] == before[names[0]], "an unchanged tunnel was touched by reload"

@@ -207,7 +207,7 @@ def test_rekey_make_before_break_under_load(netns):
     finally:
         fa, fb = A.finish(), B.finish()
     (sa_a,) = fa["final"]["sas"]
-    assert sa_a["spi_in"] == "0xa0000002" and sa_a["packets_out"] > 0
+    assert sa_a["spi_in"] == 0xA0000002 and sa_a["packets_out"] > 0
     (sa_b,) = fb["final"]["sas"]
     assert sa_b["packets_in"] > 0 and sa_b["auth_failures"] == 0
 

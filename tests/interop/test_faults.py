@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import time
 
 import pytest
-from faultlab import (assert_no_secret, bring_up, config, log_text, ping_async, ping_result,
+from faultlab import (Pinger, WallClock, assert_no_secret, bring_up, config, ctl, log_text, ping_async, ping_result,
                       ping_stats, proc_stats, sa_identity, status)
 
 from cgwd.control import ControlClient
+from cgwd.lab import faults
 from cgwd.lab.cli import cgwd_ready
 from cgwd.lab.netns import wait_for
+from cgwd.lab.topology import AwsTunnelSpec
 
 pytestmark = pytest.mark.interop
 
@@ -28,18 +29,6 @@ pytestmark = pytest.mark.interop
 def _tunnel_ready(st: dict, name: str) -> bool:
     t = next((t for t in st.get("tunnels", []) if t["name"] == name), None)
     return bool(t) and t["ipsec"]["state"] == "installed" and t["bgp"]["state"] == "established"
-
-
-def _restart_charon(lab, t) -> None:
-    """The AWS endpoint crashes and restarts: no DELETE sent, a new charon with no memory of the
-    SAs (BIRD keeps running)."""
-    os.killpg(t.charon.proc.pid, signal.SIGKILL)
-    t.charon.proc.wait(10)
-    wait_for(lambda: "ipsec0" not in t.ns.ip("-o link show", check=False).stdout, 10, what="ipsec0 to go")
-    t.charon.start()
-    t.charon.load()
-    t.ns.ip(f"addr add {t.aws_inside}/{t.inside.prefixlen} dev ipsec0")
-    t.ns.ip("link set ipsec0 up")
 
 
 def test_endpoint_restart_forgets_sas_and_cgwd_renegotiates(lab_factory):
@@ -51,7 +40,7 @@ def test_endpoint_restart_forgets_sas_and_cgwd_renegotiates(lab_factory):
     spis0 = sorted(sa["spi_in"] for sa in victim["ipsec"]["sas"])
     pinger = ping_async(lab, 400, 0.25)  # traffic during the whole fault
     t0 = time.monotonic()
-    _restart_charon(lab, lab.tunnels[0])
+    faults.replace_endpoint(lab, lab.tunnels[0])  # crashes and restarts: no DELETE, SAs forgotten
     # cgwd notices (DPD: the new charon does not know the old IKE SA) and withdraws the routes
     wait_for(lambda: status(lab)["tunnels"][0]["ipsec"]["state"] == "none"
              or sorted(sa["spi_in"] for sa in status(lab)["tunnels"][0]["ipsec"]["sas"]) != spis0,
@@ -121,12 +110,6 @@ def _ports(list_sas: str) -> list[str]:
     return sorted(set(re.findall(r"203\.0\.113\.2\[\d+\]", list_sas)))
 
 
-def _flush_conntrack(ns) -> None:
-    import sys
-    code = "from pyroute2 import Conntrack\nwith Conntrack() as c: c.flush()\n"
-    ns.run([sys.executable, "-c", code], timeout=30)
-
-
 def test_nat_rebinding_is_followed(lab_factory):
     lab = lab_factory(tunnels=2, nat=True)
     proc = bring_up(lab, config(lab, dpd_interval=2))
@@ -138,7 +121,7 @@ def test_nat_rebinding_is_followed(lab_factory):
     lab.nat.run(["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE"])
     pinger = ping_async(lab, 240, 0.25)
     t0 = time.monotonic()
-    _flush_conntrack(lab.nat)
+    faults.flush_conntrack(lab.nat)
     # traffic resumes through the new mapping: AWS's side now talks to a port in the new range
     wait_for(lambda: all(re.search(r"203\.0\.113\.2\[41\d\d\d\]", t.charon.list_sas()) for t in lab.tunnels),
              90, interval=0.5, what="strongSwan to see cgwd's new NAT port")
@@ -226,4 +209,71 @@ def test_bgp_recovers_when_the_peer_rejects_a_connection_and_its_reset_is_lost(l
     wait_for(lambda: _tunnel_ready(status(lab), status(lab)["tunnels"][0]["name"]) and t.bird.established("cgw"),
              90, interval=0.5, what="BGP back (without keepalive probes: up to 240 s)")
     print(f"BGP back {time.monotonic() - t0:.1f}s after BIRD was enabled again")
+    assert proc.poll() is None
+
+
+def _deadlines(st: dict) -> dict:
+    """Every timer the status shows, as seconds from the status's own "now", and every
+    up-time as seconds before it: a wall-clock step must move none of them."""
+    now = st["now"]
+    out = {"daemon up": now - st["started_at"], "last reload up": now - st["last_reload"]["at"]}
+    for t in st["tunnels"]:
+        n = t["name"]
+        out[f"{n} IKE up"] = now - t["ike"]["established_at"]
+        out[f"{n} IKE rekey in"] = t["ike"]["rekey_at"] - now
+        out[f"{n} BGP up"] = now - t["bgp"]["uptime_since"]
+        for sa in t["ipsec"]["sas"]:
+            out[f"{n} SA {sa['spi_in']} up"] = now - sa["established_at"]
+            out[f"{n} SA {sa['spi_in']} rekey in"] = sa["rekey_at"] - now
+    return out
+
+
+def test_wall_clock_steps_change_nothing(lab_factory):
+    """cgwd's wall clock jumps a day ahead, two days back, ten years ahead and back, while
+    both tunnels (one IKEv1, one IKEv2) carry traffic: every timer runs on the monotonic
+    clock, so no SA, DPD or BGP timer fires early or late, no tunnel flaps, no ping is lost,
+    and the status's up-times and deadlines stay what the monotonic clock says (the machine's
+    own clock is not touched: WallClock steps cgwd's time.time() alone)."""
+    lab = lab_factory(tunnels=2, aws=[AwsTunnelSpec(), AwsTunnelSpec(ike_version=2)])
+    clock = WallClock(lab)
+    short = {"short_lifetimes": True, "esp_lifetime": 300, "rekey_margin": 60}
+    proc = bring_up(lab, config(lab, dpd_interval=2, tunnels=[short, {**short, "ike_version": 2}]), env=clock.env)
+    lab.wait_ping(30)
+    assert ctl(lab, "reload").returncode == 0
+    st0 = status(lab)
+    assert [t["ike"]["version"] for t in st0["tunnels"]] == [1, 2]
+    ident0 = sa_identity(st0)
+    before = _deadlines(st0)
+    t0 = time.monotonic()
+    pinger = Pinger(lab, lab.onprem, lab.spec.vpc_host, interval=0.1, name="onprem-vpc")
+    across = [Pinger(lab, lab.cgw, t.aws_inside, interval=0.2, src=t.cgw_inside, name=f"tunnel{t.index}")
+              for t in lab.tunnels]
+    steps = [86400.0, -2 * 86400.0, 10 * 365 * 86400.0, -10 * 365 * 86400.0 - 3600.0, 3600.0 + 86400.0]
+    seen, moved = [], {}
+    for s in steps:
+        clock.step(s)
+        time.sleep(5)  # more than two DPD intervals
+        st = status(lab)
+        elapsed = time.monotonic() - t0
+        seen.append((clock.offset, st["now"] - time.time()))
+        after = _deadlines(st)
+        for k in before:  # what moved beyond the real time that passed
+            if k in after and abs(d := after[k] - before[k] - (elapsed if k.endswith(" up") else -elapsed)) >= 2.0:
+                moved.setdefault(k, []).append((round(clock.offset), round(d)))
+    results = [p.stop() for p in (pinger, *across)]
+    st1 = status(lab)
+    counters = {t["name"]: t["ike"]["counters"] for t in st1["tunnels"]}
+    print(f"wall clock steps {steps}: cgwd's clock offset/seen {[(round(a), round(b)) for a, b in seen]}; "
+          f"pings {[(r['received'], r['sent']) for r in results]}; up-times/deadlines moved with the wall "
+          f"clock (offset, seconds): {moved}; IKE counters {counters}")
+    assert all(abs(b - a) < 60 for a, b in seen), "the fake wall clock did not reach cgwd"
+    assert all(r["lost"] == 0 for r in results), results
+    assert {k: v[0] for k, v in sa_identity(st1).items()} == {k: v[0] for k, v in ident0.items()}, "SAs changed"
+    for t0_, t1_ in zip(st0["tunnels"], st1["tunnels"]):
+        assert t1_["bgp"]["messages_in"]["open"] == t0_["bgp"]["messages_in"]["open"], "BGP was reset"
+        for k in ("rekeys_ipsec", "rekeys_ike", "dpd_dead", "retransmits"):
+            assert t1_["ike"]["counters"].get(k, 0) == t0_["ike"]["counters"].get(k, 0), (t1_["name"], k)
+    assert not moved, f"up-times/deadlines moved with the wall clock: {moved}"
+    log = log_text(lab)
+    assert "Traceback" not in log
     assert proc.poll() is None

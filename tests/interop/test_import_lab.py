@@ -91,3 +91,37 @@ def test_aws_download_imports_and_brings_the_lab_up(lab_factory, fmt):
     assert "Traceback" not in log
     for t in lab.tunnels:
         assert t.psk not in log
+
+
+@pytest.mark.parametrize("fmt", awsvendor.FORMATS)
+def test_static_and_ikev2_downloads_of_the_lab_import(lab_factory, fmt):
+    """The lab's VPN connection written as a static download and as an IKEv2 one imports with
+    the operator's command and passes `cgwctl config check`, saying what the lab is.  (Bringing
+    such a config up against the lab is the static-routing and IKEv2 engines' interop test,
+    with `cgwctl lab up --static` / `--ike 2`.)"""
+    lab = lab_factory(up=False)
+    out = os.path.join(lab.workdir, "cgwd.toml")
+    src = awsvendor.write_lab(lab, fmt, static=True)
+    vendor_route = fmt in ("yamaha", "cisco-ios")  # the vendor texts carry the operator's route to the VPC
+    r = run(cgwctl_command("import", "aws", src, "-o", out), check=False)
+    if not vendor_route:
+        assert r.returncode == 1 and "--static-route CIDR" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        r = run(cgwctl_command("import", "aws", src, "--static-route", lab.spec.vpc_cidr, "-o", out), check=False)
+    assert r.returncode == 0, r.stderr
+    for t in lab.tunnels:
+        assert t.psk not in r.stdout + r.stderr
+    r = run(cgwctl_command("config", "check", out), check=False)
+    assert r.returncode == 0 and r.stdout.startswith("OK: 1 VPN connection(s), 2 tunnel(s)"), r.stdout + r.stderr
+    cfg = load_config(out)
+    assert cfg.vpns[0].routing == "static" and [str(n) for n in cfg.vpns[0].static_routes] == [lab.spec.vpc_cidr]
+    assert [str(t.remote_address) for t in cfg.tunnels] == [t.aws_outside for t in lab.tunnels]
+    assert [t.psk.decode() for t in cfg.tunnels] == [t.psk for t in lab.tunnels]
+    if fmt == "cisco-ios":
+        return  # cgwd reads AWS's IKEv1 Cisco template only
+    src = awsvendor.write_lab(lab, fmt, ike_versions=(2,), startup_action="start" if fmt == "json" else None)
+    args = ["import", "aws", src, "--advertise", lab.spec.onprem_cidr, "-o", out]
+    r = run(cgwctl_command(*args + (["--ike-version", "2"] if fmt == "xml" else [])), check=False)
+    assert r.returncode == 0, r.stderr
+    cfg = load_config(out)
+    assert {t.ike_version for t in cfg.tunnels} == {2}
+    assert {t.startup_action for t in cfg.tunnels} == {"start" if fmt == "json" else "add"}

@@ -59,6 +59,16 @@ class GuestRun:
     timed_out: bool
 
 
+def precompile() -> None:
+    """Byte-compile cgwd and the guest scripts on the host, as `pip install` leaves a package:
+    this machine's shell sets PYTHONDONTWRITEBYTECODE, so every Python start in the guest
+    (cgwd, each `cgwctl status`) would compile the package again under TCG. The bytecode
+    lands in the checkout's git-ignored __pycache__ directories, which the guest reads."""
+    for d in ("cgwd", os.path.join("tests", "qemu")):
+        subprocess.run([os.path.join(VENV_BIN, "python"), "-m", "compileall", "-q", d], cwd=REPO, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_in_guest(command: str, *, timeout: float, rwdir: str, memory: str = "2G", cpus: int = 2,
                  log_path: str | None = None) -> GuestRun:
     """Boot, run ``command`` (a shell command line) as root in the guest, power off.
@@ -69,6 +79,7 @@ def run_in_guest(command: str, *, timeout: float, rwdir: str, memory: str = "2G"
     """
     k = kernel_image()
     assert k is not None, "no guest kernel"
+    precompile()
     env = dict(os.environ)
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     cmd = [os.path.join(VENV_BIN, "vng"), "--disable-kvm", "--run", k[0], "--memory", memory,

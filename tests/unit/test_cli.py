@@ -7,7 +7,7 @@ import threading
 
 from cgwd.cli import main
 from cgwd.control import ControlServer
-from conftest import BASE, PSK1, PSK2
+from unit_config import BASE, PSK1, PSK2
 from sample_status import SAMPLE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,7 +40,7 @@ def test_help_documents_everything():
     for word in ("status", "up", "down", "rekey", "reload", "config check", "import aws", "lab"):
         assert word in r.stdout
     r = run("import", "aws", "--help")
-    for word in ("--local-address", "--advertise", "--name", "--merge", "-o"):
+    for word in ("--local-address", "--advertise", "--static-route", "--ike-version", "--name", "--merge", "-o"):
         assert word in r.stdout
 
 
@@ -74,6 +74,9 @@ def test_status_and_commands_against_server(tmp_path, capsys):
         assert main(["--socket", path, "down", "nope"]) == 1
         assert "no tunnel named 'nope'" in capsys.readouterr().err
         assert {"cmd": "rekey", "tunnel": "tun1"} in seen
+        assert main(["--socket", path, "rekey", "tun1", "--ike"]) == 0
+        capsys.readouterr()
+        assert {"cmd": "rekey", "tunnel": "tun1", "sa": "ike"} in seen
     finally:
         loop.call_soon_threadsafe(loop.stop)
         th.join(5)
@@ -141,3 +144,33 @@ def test_hint_when_the_kernel_path_could_not_clamp_mss():
     assert any("MSS clamping is off: iptables not found" in h for h in hints_for_tunnel(t))
     t["ipsec"]["mss_clamp"] = "off: mss = 0 in the configuration"  # the operator's choice
     assert not any("MSS" in h for h in hints_for_tunnel(t))
+
+
+def test_status_screen_shows_the_last_reload_and_crashed_tasks():
+    from cgwd.status_format import format_status
+
+    st = {"now": 1000.0, "started_at": 900.0, "tunnels": [], "routes": [],
+          "last_reload": {"at": 990.0, "ok": True, "message": "reload: applied in place: tun2 (med)"},
+          "tasks": {"esp-liveness": {"state": "restarting", "crashes": 3, "last_error": "ValueError: bad"}}}
+    text = format_status(st)
+    assert "Last reload 10s ago: reload: applied in place: tun2 (med)" in text
+    assert "task esp-liveness crashed 3x (restarting): ValueError: bad" in text
+
+
+def test_status_screen_names_the_ike_version_and_a_tunnel_waiting_for_aws():
+    from cgwd.status_format import format_status
+
+    st = {"now": 1000.0, "started_at": 900.0, "routes": [],
+          "tunnels": [{"name": "t1", "vpn": "v", "ike": {"version": 2, "state": "waiting"}},
+                      {"name": "t2", "vpn": "v", "ike": {"version": 1, "state": "established",
+                                                         "algorithms": "aes128-sha1-modp1024"}}]}
+    text = format_status(st)
+    assert "IKEv2       waiting for AWS to initiate (startup action start)" in text
+    assert "IKEv1       established aes128-sha1-modp1024" in text
+
+
+def test_metrics_carry_the_ike_version():
+    from cgwd.metrics import render_metrics
+
+    text = render_metrics({"tunnels": [{"name": "t1", "vpn": "v", "ike": {"version": 2, "state": "waiting"}}]})
+    assert 'cgwd_ike_state{tunnel="t1",vpn="v",ike_version="2",state="waiting"} 1' in text

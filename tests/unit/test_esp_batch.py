@@ -84,7 +84,7 @@ def wires():
 
 
 def make(ep, pa, tun_fd, **kw):
-    dp = UserspaceDatapath(name="a", ifname="cgw-a", inside=INSIDE, send_udp=ep.send_esp,
+    dp = UserspaceDatapath(name="a", ifname="cgw-a", inside=INSIDE, send_udp=ep.send_esp, udp_socket=lambda: ep.natt_socket,
                            on_event=lambda ev: None, local_address="127.0.0.1", **kw)
     dp.install(pa)
     dp._tun_fd = tun_fd
@@ -108,7 +108,7 @@ def test_batch_goes_out_in_gso_sends_and_decrypts_in_order(wires, enc, integ):
     ep = FakeEndpoint(tx)
     dp = make(ep, pa, tun_dp.fileno())
     # 40 full-size segments, a short one, 10 full-size, a 3000-byte packet (fragmented
-    # to the 1436 MTU), then 5 small ones: several GSO runs, a short tail riding along,
+    # to the tunnel MTU of the pair: 1422 for CBC/SHA-1, 1438 for GCM over NAT-T), then 5 small ones: several GSO runs, a short tail riding along,
     # and single sends.
     sizes = [1379] * 40 + [100] + [1379] * 10 + [3000] + [20] * 5
     inner = [tcp_packet(i, s) for i, s in enumerate(sizes)]
@@ -149,7 +149,9 @@ def test_batch_goes_out_in_gso_sends_and_decrypts_in_order(wires, enc, integ):
         del want.chksum
         assert got[j] == bytes(want)
     frags = [IP(g) for g in got[frag_at:frag_at + 3]]
-    assert [f.frag * 8 for f in frags] == [0, 1416, 2832] and all(len(g) <= 1436 for g in got)
+    assert dp.mtu == {"aes128": 1422, "aes128gcm16": 1438}[enc]
+    room = (dp.mtu - 20) & ~7
+    assert [f.frag * 8 for f in frags] == [0, room, 2 * room] and all(len(g) <= dp.mtu for g in got)
     assert b"".join(bytes(f.payload) for f in frags) == bytes(IP(inner[frag_at]).payload)
 
 
@@ -254,7 +256,7 @@ def test_fast_and_slow_path_agree_syn_clamped_options_kept():
     inner2 = [dec2.decrypt(e)[1] for e in single_sent]
     assert len(pkts) <= 64 and len(inner1) == len(pkts) + 1  # the 1528-byte UDP packet became two fragments
     assert inner1 == inner2
-    assert TCP(IP(inner1[0]).payload.original).options == [("MSS", 1379)]
+    assert TCP(IP(inner1[0]).payload.original).options == [("MSS", dp_batch.mss)] and dp_batch.mss == 1382
     assert TCP(IP(inner1[1]).payload.original).options == [("MSS", 1200)]
     for raw in inner1:
         ip = IP(raw)
@@ -308,15 +310,15 @@ class RecordingEndpoint:
 
 
 @pytest.mark.parametrize("sizes", [
-    [1460] * 64,                      # 64 x 1460 > 65000 bytes: two GSO sends
-    [1460] * 10 + [1000] + [1460] * 3,  # the short one ends the first run
-    [200] * 64,                       # 64 segments, the most one send may carry
-    [100, 200, 300, 200, 200],        # growing sizes cannot share a send
+    pytest.param([1460] * 64, id="over-65000-bytes-two-gso-sends"),
+    pytest.param([1460] * 10 + [1000] + [1460] * 3, id="short-one-ends-the-run"),
+    pytest.param([200] * 64, id="64-segments-the-most-one-send-carries"),
+    pytest.param([100, 200, 300, 200, 200], id="growing-sizes-cannot-share"),
 ])
 def test_gso_runs_respect_kernel_limits_and_order(sizes):
     pa, _ = pair()
     ep = RecordingEndpoint()
-    dp = UserspaceDatapath(name="a", ifname="cgw-a", inside=INSIDE, send_udp=ep.send_esp,
+    dp = UserspaceDatapath(name="a", ifname="cgw-a", inside=INSIDE, send_udp=ep.send_esp, udp_socket=lambda: ep.natt_socket,
                            on_event=lambda ev: None, local_address="127.0.0.1")
     dp.install(pa)
     pkts = [bytes([i]) * s for i, s in enumerate(sizes)]

@@ -9,11 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cgwd.esp.datapath import Datapath, choose_datapath, make_datapath
+from cgwd.esp.espsock import EspSockets
 from cgwd.esp.events import SaExpiring, SequenceExhausted
+from cgwd.esp.mtu import conservative_mtu
 from cgwd.esp.sa import SEQ_HARD_LIMIT
 from cgwd.esp.tun import interface_exists
 from cgwd.esp.userspace import UserspaceDatapath
-from cgwd.ipsec_sa import IpsecSaPair
+from cgwd.ipsec_sa import ENC_KEY_BYTES, INTEG_KEY_BYTES, IpsecSaPair
 
 pytest.importorskip("scapy")
 from scapy.layers.inet import ICMP, IP, TCP  # noqa: E402
@@ -25,31 +27,66 @@ def keys(n):
     return os.urandom(n)
 
 
-def pair_mirror(spi_a, spi_b, enc="aes128", integ="sha1", **kw):
+def pair_mirror(spi_a, spi_b, enc="aes128", integ="sha1", *, a_addr="192.0.2.2", b_addr="198.51.100.1",
+                ts=None, udp_encap=True, **kw):
+    """Mirrored pairs for a (a_addr) and b (b_addr); ``ts``: both selectors (e.g. "::/0")."""
     if integ:
-        k1, k2, i1, i2 = keys(16), keys(16), keys(20), keys(20)
+        k1, k2 = keys(ENC_KEY_BYTES[enc]), keys(ENC_KEY_BYTES[enc])
+        i1, i2 = keys(INTEG_KEY_BYTES[integ]), keys(INTEG_KEY_BYTES[integ])
     else:
-        k1, k2, i1, i2 = keys(20), keys(20), b"", b""
-    common = dict(udp_encap=True, **kw)
-    a = IpsecSaPair(spi_a, spi_b, enc, integ, k1, k2, i1, i2, local_address="192.0.2.2",
-                    remote_address="198.51.100.1", **common)
-    b = IpsecSaPair(spi_b, spi_a, enc, integ, k2, k1, i2, i1, local_address="198.51.100.1",
-                    remote_address="192.0.2.2", **common)
+        k1, k2, i1, i2 = keys(ENC_KEY_BYTES[enc] + 4), keys(ENC_KEY_BYTES[enc] + 4), b"", b""
+    common = dict(udp_encap=udp_encap, **kw)
+    if ts is not None:
+        common.update(local_ts=ipaddress.ip_network(ts), remote_ts=ipaddress.ip_network(ts))
+    a = IpsecSaPair(spi_a, spi_b, enc, integ, k1, k2, i1, i2, local_address=a_addr,
+                    remote_address=b_addr, **common)
+    b = IpsecSaPair(spi_b, spi_a, enc, integ, k2, k1, i2, i1, local_address=b_addr,
+                    remote_address=a_addr, **common)
     return a, b
 
 
-class Harness:
-    """Two datapaths wired back to back, TUN replaced by lists."""
+class CaptureSock:
+    """Stands in for the shared raw ESP socket (test_esp_sockets.py opens real ones)."""
 
-    def __init__(self, **kw):
+    def __init__(self, addr, sent):
+        self.local_address = str(ipaddress.ip_address(addr))
+        self.sent = sent
+        self._spis = {}
+
+    def register(self, spi, handler):
+        if self._spis.get(spi, handler) != handler:
+            return False
+        self._spis[spi] = handler
+        return True
+
+    def unregister(self, spi, handler=None):
+        self._spis.pop(spi, None)
+
+    def spis(self):
+        return list(self._spis)
+
+    def sendto(self, data, address):
+        self.sent.append((data, address))
+
+    def close(self):
+        pass
+
+
+class Harness:
+    """Two datapaths wired back to back, TUN replaced by pipes; plain ESP is captured in
+    ``raw_sent`` (each harness has its own raw ESP socket owner)."""
+
+    def __init__(self, inside=INSIDE, inside_b=None, a_addr="192.0.2.2", b_addr="198.51.100.1", **kw):
         self.events_a, self.events_b = [], []
         self.wire_ab, self.wire_ba = [], []
-        self.a = make_datapath("userspace", name="a", ifname="cgw-a", inside=INSIDE,
+        self.raw_sent = []
+        kw.setdefault("esp_sockets", EspSockets(opener=lambda addr: CaptureSock(addr, self.raw_sent)))
+        self.a = make_datapath("userspace", name="a", ifname="cgw-a", inside=inside,
                                send_udp=lambda d, addr: self.wire_ab.append((d, addr)),
-                               on_event=self.events_a.append, local_address="192.0.2.2", **kw)
-        self.b = make_datapath("userspace", name="b", ifname="cgw-b", inside=INSIDE,
+                               on_event=self.events_a.append, local_address=a_addr, **kw)
+        self.b = make_datapath("userspace", name="b", ifname="cgw-b", inside=inside_b or inside,
                                send_udp=lambda d, addr: self.wire_ba.append((d, addr)),
-                               on_event=self.events_b.append, local_address="198.51.100.1", **kw)
+                               on_event=self.events_b.append, local_address=b_addr, **kw)
         self.ra, self.wa = os.pipe()
         self.rb, self.wb = os.pipe()
         os.set_blocking(self.ra, False)
@@ -74,6 +111,11 @@ class Harness:
         for d, _ in self.wire_ab:
             self.b.receive_esp(d, ("192.0.2.2", 4500))
         self.wire_ab.clear()
+
+    def deliver_ba(self):
+        for d, _ in self.wire_ba:
+            self.a.receive_esp(d, ("198.51.100.1", 4500))
+        self.wire_ba.clear()
 
     def close(self):
         for fd in (self.ra, self.wa, self.rb, self.wb):
@@ -124,7 +166,7 @@ def test_end_to_end_and_stats(h):
     st = h.b.stats()
     assert st["kind"] == "userspace" and st["ifname"] == "cgw-b"
     (sa,) = st["sas"]
-    assert sa["spi_in"] == "0xc0000002" and sa["packets_in"] == 1 and sa["bytes_in"] == len(ping())
+    assert sa["spi_in"] == 0xC0000002 and sa["packets_in"] == 1 and sa["bytes_in"] == len(ping())
     sa_a = h.a.stats()["sas"][0]
     assert sa_a["packets_out"] == 1 and sa_a["udp_encap"] is True
     text = repr(st) + repr(h.a.stats())
@@ -140,7 +182,9 @@ def test_mss_clamped_both_directions(h):
     h.a.send_inner(s)
     h.deliver_ab()
     got = IP(h.tun_b())
-    assert dict(o for o in got[TCP].options if o[0] == "MSS")["MSS"] == 1379
+    # the MSS follows the pair's MTU: AES-CBC/SHA-1 over NAT-T: 1422 - 40
+    assert h.a.mtu == 1422 and h.a.mss == 1382
+    assert dict(o for o in got[TCP].options if o[0] == "MSS")["MSS"] == 1382
 
 
 def test_oversized_fragmented(h):
@@ -162,13 +206,14 @@ def test_unknown_spi_and_garbage_counted(h):
     assert st["drops"] == {"unknown_spi": 1, "truncated": 1}
 
 
-def test_no_sa_and_not_ipv4_counted(h):
+def test_no_sa_and_wrong_family_counted(h):
     h.a.send_inner(ping())
     assert h.a.stats()["drops"] == {"no_sa": 1}
     a, b = pair_mirror(0x1001, 0x2002)
     h.a.install(a)
-    h.a.send_inner(b"\x60" + bytes(47))
-    assert h.a.stats()["drops"]["not_ipv4"] == 1
+    h.a.send_inner(b"\x60" + bytes(5) + b"\x3b" + bytes(33))  # IPv6 into an IPv4 tunnel
+    h.a.send_inner(b"\x10" + bytes(47))
+    assert h.a.stats()["drops"]["wrong_family"] == 1 and h.a.stats()["drops"]["not_ip"] == 1
 
 
 def test_traffic_selectors_enforced():
@@ -220,7 +265,7 @@ def test_make_before_break(h):
     assert h.wire_ab[-1][0][:4] == (0x2004).to_bytes(4, "big")  # outbound switched at once
     h.deliver_ab()
     st = {s["spi_in"]: s for s in h.b.stats()["sas"]}
-    assert st["0x00002002"]["packets_in"] == 1 and st["0x00002004"]["packets_in"] == 1
+    assert st[0x2002]["packets_in"] == 1 and st[0x2004]["packets_in"] == 1
     # old inbound still valid until removed
     h.b.remove(0x2002)
     for d, addr in old_pkt:
@@ -228,7 +273,7 @@ def test_make_before_break(h):
     assert h.b.stats()["drops"]["unknown_spi"] == 1
     # removing the active outbound falls back to the remaining pair
     h.a.remove(0x1003)
-    assert h.a.stats()["active_spi_out"] == "0x00002002"
+    assert h.a.stats()["active_spi_out"] == 0x00002002
     h.a.remove(0x1001)
     assert h.a.stats()["active_spi_out"] is None
     # counters survive the pairs that carried them (the tunnel's totals, for metrics)
@@ -250,17 +295,17 @@ def test_pending_outbound_switches_when_the_peer_uses_the_new_pair(h):
     h.a.install(a2, outbound=False)
     h.a.send_inner(ping(1))
     assert h.wire_ab[-1][0][:4] == (0x2002).to_bytes(4, "big")  # still the old pair
-    assert h.a.stats()["active_spi_out"] == "0x00002002"
+    assert h.a.stats()["active_spi_out"] == 0x00002002
     # a forged packet on the new SPI fails authentication: no switch
     h.a.receive_esp((0x1003).to_bytes(4, "big") + (1).to_bytes(4, "big") + os.urandom(64), ("198.51.100.1", 4500))
-    assert h.a.stats()["active_spi_out"] == "0x00002002"
+    assert h.a.stats()["active_spi_out"] == 0x00002002
     # the peer installs the new pair and sends on it: a switches
     h.b.install(b2)
     h.b.send_inner(ping(2, src="169.254.10.1", dst="169.254.10.2"))
     for d, addr in h.wire_ba:
         h.a.receive_esp(d, addr)
     assert h.tun_a() == ping(2, src="169.254.10.1", dst="169.254.10.2")
-    assert h.a.stats()["active_spi_out"] == "0x00002004"
+    assert h.a.stats()["active_spi_out"] == 0x00002004
     h.a.send_inner(ping(3))
     assert h.wire_ab[-1][0][:4] == (0x2004).to_bytes(4, "big")
     # explicit activation, unknown SPI, and fall-back to a pending pair when the active goes
@@ -268,16 +313,17 @@ def test_pending_outbound_switches_when_the_peer_uses_the_new_pair(h):
     h.a.install(a3, outbound=False)
     assert h.a.activate_outbound(0xDEAD) is False
     assert h.a.activate_outbound(0x1001, "test") is True
-    assert h.a.stats()["active_spi_out"] == "0x00002002"
+    assert h.a.stats()["active_spi_out"] == 0x00002002
     h.a.remove(0x1001)
-    assert h.a.stats()["active_spi_out"] == "0x00002006"  # newest remaining, pending or not
+    assert h.a.stats()["active_spi_out"] == 0x00002006  # newest remaining, pending or not
 
 
 def test_lifetime_events_and_hard_removal():
-    h = Harness()
+    h = Harness(clock=lambda: 1000.0)  # the data path's clock is injected
     a, b = pair_mirror(0x1001, 0x2002, lifetime_seconds=900)
     h.a.install(a)
     created = h.a.sa_pair(0x1001).created
+    assert created == 1000.0
     h.a.check_lifetimes(created + 100)
     assert h.events_a == []
     h.a.check_lifetimes(created + 721)
@@ -374,8 +420,8 @@ def test_tun_open_close_leaves_nothing():
                            send_udp=lambda d, a: None, on_event=print, local_address="192.0.2.2")
         await dp.open()
         assert interface_exists(name)
-        with open(f"/sys/class/net/{name}/mtu") as f:
-            assert f.read().strip() == "1436"
+        with open(f"/sys/class/net/{name}/mtu") as f:  # fits any transform until a pair is installed
+            assert f.read().strip() == str(conservative_mtu(4)) == "1406"
         with open(f"/sys/class/net/{name}/operstate") as f:
             assert f.read().strip() in ("up", "unknown")
         v6 = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
@@ -386,3 +432,54 @@ def test_tun_open_close_leaves_nothing():
         assert not interface_exists(name)
 
     asyncio.run(run())
+
+
+@settings(max_examples=80, deadline=None)
+@given(start=st.integers(SEQ_HARD_LIMIT - 2**24 - 40, SEQ_HARD_LIMIT),
+       actions=st.lists(st.one_of(st.integers(1, 30), st.just("tick"), st.just("rekey"), st.just("rekey_pending")),
+                        max_size=12))
+def test_property_outbound_sequence_never_wraps(start, actions):
+    """Whatever happens near the end of the 32-bit sequence number: every packet on the wire
+    carries a sequence number its SA has not used, in 1..2**32-1 (never 0, never again);
+    the rekey request (soft) comes before the pair runs out; running out is reported once;
+    a newer pair, once installed, carries the traffic from sequence number 1."""
+    h = Harness(clock=lambda: 0.0)
+    a, _ = pair_mirror(0x1001, 0x2002, lifetime_seconds=0)
+    h.a.install(a)
+    h.a.sa_pair(0x1001).outbound.seq = start
+    spi_n = [0x3000]
+    soft_due_at = None  # len(events) when a tick saw the old pair past the soft limit
+    for act in actions:
+        if act == "tick":
+            old = h.a.sa_pair(0x1001).outbound
+            if soft_due_at is None and old.seq >= SEQ_HARD_LIMIT - 2**24:
+                soft_due_at = len(h.events_a)
+            h.a.check_lifetimes(0.0)
+        elif act in ("rekey", "rekey_pending"):
+            spi_n[0] += 2
+            nxt, _ = pair_mirror(spi_n[0], spi_n[0] + 1, lifetime_seconds=0)
+            h.a.install(nxt, outbound=act == "rekey")
+        else:
+            for _ in range(act):
+                h.a.send_inner(ping())
+    seen: dict[int, list[int]] = {}
+    for data, _ in h.wire_ab:
+        seen.setdefault(int.from_bytes(data[:4], "big"), []).append(int.from_bytes(data[4:8], "big"))
+    for spi, seqs in seen.items():
+        assert all(1 <= s <= SEQ_HARD_LIMIT for s in seqs)
+        assert seqs == sorted(set(seqs)), "a sequence number was used twice or out of order"
+        if spi != 0x2002:
+            assert seqs[0] == 1
+    evs = h.events_a
+    exhausted = [e for e in evs if isinstance(e, SequenceExhausted)]
+    assert len(exhausted) <= 1
+    soft = [i for i, e in enumerate(evs) if e == SaExpiring(0x1001, False)]
+    assert len(soft) <= 1
+    if soft_due_at is not None:  # the tick asked for the rekey, once
+        assert soft and soft[0] >= soft_due_at
+        if exhausted and evs.index(exhausted[0]) >= soft_due_at:
+            assert soft[0] < evs.index(exhausted[0])
+    if exhausted:
+        old_seqs = seen.get(0x2002, [])
+        assert not old_seqs or old_seqs[-1] == SEQ_HARD_LIMIT
+    h.close()

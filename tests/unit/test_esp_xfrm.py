@@ -14,13 +14,15 @@ from cgwd.esp.sa import Lifetime
 # Message bodies (after the 16-byte nlmsghdr) captured with
 #   strace -e trace=sendmsg -xx -s 8192 <command>
 
-# ip xfrm state add src 192.0.2.2 dst 198.51.100.1 proto esp spi 0xc0000002 reqid 0x63670001 mode tunnel replay-window 1024 auth-trunc 'hmac(sha1)' 0x0102..14 96 enc 'cbc(aes)' 0x0001..0f encap espinudp 4500 4500 0.0.0.0 if_id 0x63670001
+# Packet limits 4278190080 / 4294967295 are SEQ_SOFT_LIMIT / SEQ_HARD_LIMIT (the 32-bit
+# sequence number); flag af-unspec lets one tunnel-mode state carry both inner families.
+# ip xfrm state add src 192.0.2.2 dst 198.51.100.1 proto esp spi 0xc0000002 reqid 0x63670001 mode tunnel replay-window 1024 flag af-unspec auth-trunc 'hmac(sha1)' 0x0102..14 96 enc 'cbc(aes)' 0x0001..0f encap espinudp 4500 4500 0.0.0.0 if_id 0x63670001 limit packet-soft 4278190080 limit packet-hard 4294967295
 NEWSA_CBC_SHA1_ENCAP_IFID = bytes.fromhex(
     "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
     "0000000000000000c6336401000000000000000000000000c000000232000000c0000202000000000000000000000000"
-    "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff00000000000000000000000000000000"
+    "ffffffffffffffffffffffffffffffff000000ff00000000ffffffff0000000000000000000000000000000000000000"
     "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-    "000000000000000000000000000000000100676302000100000000000000000060001400686d61632873686131290000"
+    "000000000000000000000000000000000100676302000100200000000000000060001400686d61632873686131290000"
     "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
     "00000000a0000000600000000102030405060708090a0b0c0d0e0f101112131458000200636263286165732900000000"
     "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
@@ -28,15 +30,47 @@ NEWSA_CBC_SHA1_ENCAP_IFID = bytes.fromhex(
     "000000001c00170020000000000000000000000000000000000000000004000008001f0001006763"
 )
 
-# ip xfrm state add src 192.0.2.2 dst 198.51.100.1 proto esp spi 0xc0000003 reqid 0x63670001 mode tunnel aead 'rfc4106(gcm(aes))' 0x0001..0fcafebabe 128 if_id 0x63670001 limit time-soft 3060 limit time-hard 3600
+# ip xfrm state add src 192.0.2.2 dst 198.51.100.1 proto esp spi 0xc0000003 reqid 0x63670001 mode tunnel flag af-unspec aead 'rfc4106(gcm(aes))' 0x0001..0fcafebabe 128 if_id 0x63670001 limit time-soft 3060 limit time-hard 3600 limit packet-soft 4278190080 limit packet-hard 4294967295
 NEWSA_GCM_LIFETIME = bytes.fromhex(
     "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
     "0000000000000000c6336401000000000000000000000000c000000332000000c0000202000000000000000000000000"
-    "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff40b000000000000100e000000000000"
+    "ffffffffffffffffffffffffffffffff000000ff00000000ffffffff00000000f40b000000000000100e000000000000"
     "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-    "000000000000000000000000000000000100676302000100000000000000000060001200726663343130362867636d28"
+    "000000000000000000000000000000000100676302000100200000000000000060001200726663343130362867636d28"
     "616573292900000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
     "00000000a000000080000000000102030405060708090a0b0c0d0e0fcafebabe08001f0001006763"
+)
+
+# ip xfrm state add src 2001:db8::2 dst 2001:db8::1 proto esp spi 0xc0000004 reqid 0x63670001 mode tunnel flag af-unspec aead 'rfc4106(gcm(aes))' 0x0001..0fcafebabe 128 if_id 0x63670001 limit packet-soft 4278190080 limit packet-hard 4294967295
+NEWSA_GCM_IPV6 = bytes.fromhex(
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "000000000000000020010db8000000000000000000000001c00000043200000020010db8000000000000000000000002"
+    "ffffffffffffffffffffffffffffffff000000ff00000000ffffffff0000000000000000000000000000000000000000"
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "00000000000000000000000000000000010067630a000100200000000000000060001200726663343130362867636d28"
+    "616573292900000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "00000000a000000080000000000102030405060708090a0b0c0d0e0fcafebabe08001f0001006763"
+)
+
+# ip -6 xfrm policy add src ::/0 dst ::/0 dir out tmpl src 192.0.2.2 dst 198.51.100.1 proto esp reqid 0x63670001 mode tunnel if_id 0x63670001
+NEWPOLICY_OUT_INNER6 = bytes.fromhex(
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000a00000000000000"
+    "0000000000000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff0000000000000000"
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "00000000000000000000000000000000010000000000000044000500c633640100000000000000000000000000000000"
+    "3200000002000000c00002020000000000000000000000000100676301000000ffffffffffffffffffffffff08001f00"
+    "01006763"
+)
+
+# ip -6 xfrm policy delete src ::/0 dst ::/0 dir in if_id 0x63670001
+DELPOLICY_IN_INNER6 = bytes.fromhex(
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000a00000000000000"
+    "0000000000000000000000000000000008001f0001006763"
+)
+
+# ip xfrm state delete src 2001:db8::2 dst 2001:db8::1 proto esp spi 0xc0000004
+DELSA_IPV6 = bytes.fromhex(
+    "20010db8000000000000000000000001c00000040a00320014000d0020010db8000000000000000000000002"
 )
 
 # ip xfrm policy add src 0.0.0.0/0 dst 0.0.0.0/0 dir in tmpl src 198.51.100.1 dst 192.0.2.2 proto esp reqid 0x63670001 mode tunnel if_id 0x63670001
@@ -71,7 +105,7 @@ def test_newsa_cbc_sha1_encap_matches_iproute2():
     m = xfrm.newsa(src="192.0.2.2", dst="198.51.100.1", spi=0xC0000002, encryption="aes128",
                    integrity="sha1", enc_key=bytes(range(16)), integ_key=bytes(range(1, 21)),
                    icv_bits=96, reqid=0x63670001, replay_window=1024, encap=(4500, 4500),
-                   if_id=0x63670001)
+                   if_id=0x63670001, lifetime=Lifetime())
     assert body(m, xfrm.XFRM_MSG_NEWSA) == NEWSA_CBC_SHA1_ENCAP_IFID
 
 
@@ -80,6 +114,35 @@ def test_newsa_gcm_lifetime_matches_iproute2():
                    integrity=None, enc_key=bytes(range(16)) + bytes.fromhex("cafebabe"),
                    reqid=0x63670001, if_id=0x63670001, lifetime=Lifetime(3060, 3600, 0, 0))
     assert body(m, xfrm.XFRM_MSG_NEWSA) == NEWSA_GCM_LIFETIME
+
+
+def test_ipv6_messages_match_iproute2():
+    """ESP over IPv6 outside addresses; IPv6 inner selectors over an IPv4 outside."""
+    m = xfrm.newsa(src="2001:db8::2", dst="2001:db8::1", spi=0xC0000004, encryption="aes128gcm16",
+                   integrity=None, enc_key=bytes(range(16)) + bytes.fromhex("cafebabe"),
+                   reqid=0x63670001, if_id=0x63670001, lifetime=Lifetime())
+    assert body(m, xfrm.XFRM_MSG_NEWSA) == NEWSA_GCM_IPV6
+    m = xfrm.newpolicy(direction=xfrm.XFRM_POLICY_OUT, tmpl_src="192.0.2.2", tmpl_dst="198.51.100.1",
+                       reqid=0x63670001, if_id=0x63670001, inner_family=socket.AF_INET6)
+    assert body(m, xfrm.XFRM_MSG_NEWPOLICY) == NEWPOLICY_OUT_INNER6
+    m = xfrm.delpolicy(direction=xfrm.XFRM_POLICY_IN, if_id=0x63670001, inner_family=socket.AF_INET6)
+    assert body(m, xfrm.XFRM_MSG_DELPOLICY) == DELPOLICY_IN_INNER6
+    m = xfrm.delsa(dst="2001:db8::1", spi=0xC0000004, src="2001:db8::2")
+    assert body(m, xfrm.XFRM_MSG_DELSA) == DELSA_IPV6
+    st = xfrm.parse_usersa(NEWSA_GCM_IPV6)
+    assert (st["family"], st["src"], st["dst"], st["spi"]) == (6, "2001:db8::2", "2001:db8::1", 0xC0000004)
+
+
+def test_packet_limits_stand_for_the_sequence_number():
+    """Every state cgwd installs carries soft/hard packet limits at the 32-bit sequence
+    number's end, so the kernel reports it running out (before: unlimited, no event)."""
+    from cgwd.esp.sa import SEQ_HARD_LIMIT, SEQ_SOFT_LIMIT
+
+    for lt in (Lifetime(), Lifetime(3060, 3600, 900, 1000)):
+        st = xfrm.parse_usersa(xfrm.newsa(src="192.0.2.2", dst="198.51.100.1", spi=0x1234, encryption="aes128",
+                                          integrity="sha1", enc_key=bytes(16), integ_key=bytes(20), icv_bits=96,
+                                          reqid=0x63670001, lifetime=lt)[16:])
+        assert st["soft_packet_limit"] == SEQ_SOFT_LIMIT and st["hard_packet_limit"] == SEQ_HARD_LIMIT
 
 
 def test_policy_messages_match_iproute2():
@@ -108,10 +171,11 @@ def test_kernel_datapath_state_messages():
                        remote_address="198.51.100.1", udp_encap=True, lifetime_seconds=0)
     from cgwd.esp.sa import SaPair
 
-    msg_in, msg_out = dp.state_messages(SaPair(pair, replay_window=1024))
+    sp = SaPair(pair, replay_window=1024)
+    msg_in, msg_out = dp.state_messages(sp)
     out_expected = xfrm.newsa(src="192.0.2.2", dst="198.51.100.1", spi=0xC0000002, encryption="aes128",
                               integrity="sha1", enc_key=bytes(range(16)), integ_key=bytes(range(1, 21)),
-                              icv_bits=96, reqid=dp.tag, encap=(4500, 4500), if_id=dp.tag)
+                              icv_bits=96, reqid=dp.tag, encap=(4500, 4500), if_id=dp.tag, lifetime=sp.lifetime)
     assert msg_out == out_expected
     parsed = xfrm.parse_usersa(msg_in[16:])
     assert parsed["spi"] == 0xC0000001 and parsed["dst"] == "192.0.2.2" and parsed["src"] == "198.51.100.1"
@@ -119,10 +183,45 @@ def test_kernel_datapath_state_messages():
     assert xfrm.is_ours(dp.tag) and not xfrm.is_ours(1)
 
 
-def test_tag_stable_and_in_range():
-    assert xfrm.tag_for("cgw-tun1") == xfrm.tag_for("cgw-tun1")
-    assert xfrm.tag_for("cgw-tun1") != xfrm.tag_for("cgw-tun2")
-    assert xfrm.is_ours(xfrm.tag_for("x"))
+def _crc16_twins() -> tuple[str, str]:
+    """Two interface names whose CRC-32 agree in the low 16 bits (the old tag scheme)."""
+    import zlib
+
+    seen = {}
+    for i in range(200000):
+        name = f"cgw-t{i}"
+        k = zlib.crc32(name.encode()) & 0xFFFF
+        if k in seen:
+            return seen[k], name
+        seen[k] = name
+    raise AssertionError("no collision found")
+
+
+def test_tags_unique_by_construction():
+    """Two tunnels whose names collide in a 16-bit hash (the old tag_for) get different tags,
+    every tag is in cgwd's range, and a released tag is handed out again."""
+    from cgwd.esp.kernel import KernelDatapath
+    import ipaddress
+
+    a, b = _crc16_twins()
+    kw = dict(inside=ipaddress.IPv4Interface("169.254.10.2/30"), send_udp=None, on_event=print,
+              local_address="192.0.2.2")
+    da, db = KernelDatapath(name="a", ifname=a, **kw), KernelDatapath(name="b", ifname=b, **kw)
+    assert da.tag != db.tag and xfrm.is_ours(da.tag) and xfrm.is_ours(db.tag)
+    assert {da.tag, db.tag} <= xfrm.TAGS.in_use()
+    tags = xfrm.TagAllocator(first=1, last=3)
+    got = [tags.acquire() for _ in range(3)]
+    assert len(set(got)) == 3 and all(xfrm.is_ours(t) for t in got)
+    with pytest.raises(OSError):
+        tags.acquire()
+    tags.release(got[1])
+    assert tags.acquire() == got[1]
+    gone = da.tag
+    del da  # a data path never opened gives its tag back when it goes
+    import gc
+
+    gc.collect()
+    assert gone not in xfrm.TAGS.in_use()
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CAP_NET_ADMIN) for NETLINK_XFRM")
@@ -228,7 +327,7 @@ def save():
 for a in mss_rule_args("cgw-mt1", 1300):  # left by a "crashed" run with another MSS
     subprocess.run(["iptables", "-t", "mangle", "-A", *a], check=True)
 dp = KernelDatapath(name="t", ifname="cgw-mt1", inside=ipaddress.IPv4Interface("169.254.10.2/30"),
-                    mss=1379, send_udp=None, on_event=print, local_address="192.0.2.2")
+                    mtu=1436, mss=1379, send_udp=None, on_event=print, local_address="192.0.2.2")
 async def main():
     await dp._remove_mss_clamp(stale=True)
     await dp._install_mss_clamp()

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from cgwd.ike import constants as C
-from cgwd.ike.codec import (
+from cgwd.ike.v1 import constants as C
+from cgwd.ike.v1.codec import (
     Attribute,
     DeletePayload,
     HashPayload,

@@ -7,6 +7,7 @@ import hmac
 import pytest
 
 from cgwd.ike import crypto
+from cgwd.ike.v1 import keys
 
 ALL_GROUPS = [2, 5, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]
 
@@ -58,24 +59,24 @@ def test_ecp_point_validation(group):
 def test_prf_and_phase1_derivation_match_rfc2409_formulas(alg):
     h = getattr(hashlib, alg)
     psk, ni, nr, gxy, ci, cr = b"k", b"n" * 16, b"m" * 16, b"g" * 128, b"i" * 8, b"r" * 8
-    skeyid = crypto.skeyid_psk(alg, psk, ni, nr)
+    skeyid = keys.skeyid_psk(alg, psk, ni, nr)
     assert skeyid == hmac.new(psk, ni + nr, h).digest()
-    keys = crypto.derive_phase1(alg, skeyid, gxy, ci, cr, 32)
+    p1 = keys.derive_phase1(alg, skeyid, gxy, ci, cr, 32)
     d = hmac.new(skeyid, gxy + ci + cr + b"\0", h).digest()
     a = hmac.new(skeyid, d + gxy + ci + cr + b"\1", h).digest()
     e = hmac.new(skeyid, a + gxy + ci + cr + b"\2", h).digest()
-    assert (keys.skeyid_d, keys.skeyid_a, keys.skeyid_e) == (d, a, e)
+    assert (p1.skeyid_d, p1.skeyid_a, p1.skeyid_e) == (d, a, e)
     if len(e) >= 32:
-        assert keys.enc_key == e[:32]
+        assert p1.enc_key == e[:32]
     else:  # appendix B key extension
         k1 = hmac.new(e, b"\0", h).digest()
         k2 = hmac.new(e, k1, h).digest()
-        assert keys.enc_key == (k1 + k2)[:32]
+        assert p1.enc_key == (k1 + k2)[:32]
 
 
 def test_keymat_extension():
     skd = b"d" * 20
-    km = crypto.keymat("sha1", skd, 3, 0x01020304, b"a" * 16, b"b" * 16, 64, b"x" * 128)
+    km = keys.keymat("sha1", skd, 3, 0x01020304, b"a" * 16, b"b" * 16, 64, b"x" * 128)
     seed = b"x" * 128 + b"\3\1\2\3\4" + b"a" * 16 + b"b" * 16
     k1 = hmac.new(skd, seed, hashlib.sha1).digest()
     k2 = hmac.new(skd, k1 + seed, hashlib.sha1).digest()
@@ -85,15 +86,15 @@ def test_keymat_extension():
 
 
 def test_ivs():
-    assert crypto.phase1_iv("sha1", b"a", b"b") == hashlib.sha1(b"ab").digest()[:16]
-    assert crypto.phase2_iv("sha256", b"L" * 16, 0x11223344) == hashlib.sha256(b"L" * 16 + b"\x11\x22\x33\x44").digest()[:16]
+    assert keys.phase1_iv("sha1", b"a", b"b") == hashlib.sha1(b"ab").digest()[:16]
+    assert keys.phase2_iv("sha256", b"L" * 16, 0x11223344) == hashlib.sha256(b"L" * 16 + b"\x11\x22\x33\x44").digest()[:16]
 
 
 def test_cbc_round_trip_and_padding():
     key, iv = b"k" * 16, b"i" * 16
-    ct = crypto.encrypt(key, iv, b"hello")
+    ct = keys.encrypt(key, iv, b"hello")
     assert len(ct) == 16
-    assert crypto.decrypt(key, iv, ct)[:5] == b"hello"
-    assert crypto.decrypt(key, iv, ct)[5:] == b"\0" * 11
+    assert keys.decrypt(key, iv, ct)[:5] == b"hello"
+    assert keys.decrypt(key, iv, ct)[5:] == b"\0" * 11
     with pytest.raises(crypto.IkeCryptoError):
-        crypto.decrypt(key, iv, ct[:-1])
+        keys.decrypt(key, iv, ct[:-1])

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from cgwd.ike.endpoint import IkeEndpoint, SOL_UDP, UDP_ENCAP
     from cgwd.ike.events import IpsecSaUp
-    from cgwd.ike.session import IkePeer, IkePeerConfig
+    from cgwd.ike.v1 import IkePeer, IkePeerConfig
 
     async def main():
         res = {"a": [], "b": [], "esp_b": []}
@@ -87,3 +87,45 @@ def test_endpoint_without_nat_stays_on_500():
     res = run("off")
     assert "IpsecSaUp" in res["a"] and "IpsecSaUp" in res["b"]
     assert res["ports"] == [500, 500]
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_endpoint_that_cannot_bind_4500_leaves_no_socket_behind():
+    # issue 12: binding the NAT-T port failed after the IKE port was bound: that socket leaked
+    import asyncio
+    import os
+    import socket
+
+    from cgwd.ike.endpoint import IkeEndpoint
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no SO_REUSEADDR: ours cannot share it
+    busy.bind(("127.0.0.1", 0))
+    natt_port = busy.getsockname()[1]
+    port = _free_port()
+    fds = len(os.listdir("/proc/self/fd"))
+
+    async def attempt():
+        ep = IkeEndpoint("127.0.0.1", port=port, natt_port=natt_port)
+        with pytest.raises(OSError):
+            ep.open()
+        assert ep.natt_socket is None
+        return ep
+
+    ep = asyncio.run(attempt())  # the endpoint lives on (the daemon keeps it to retry)
+    try:
+        assert len(os.listdir("/proc/self/fd")) == fds
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", port))  # EADDRINUSE if the port-500 socket had leaked
+        probe.close()
+    finally:
+        busy.close()
+        ep.close()

@@ -3,9 +3,9 @@
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cgwd.ike import constants as C
-from cgwd.ike.codec import Header, IkeDecodeError, decode_message, decode_payloads
-from cgwd.ike.session import IkePeer, IkePeerConfig
+from cgwd.ike.v1 import constants as C
+from cgwd.ike.v1.codec import Header, IkeDecodeError, decode_message, decode_payloads
+from cgwd.ike.v1 import IkePeer, IkePeerConfig
 
 
 @settings(max_examples=2000, deadline=None)

@@ -7,25 +7,26 @@ from pathlib import Path
 import pytest
 
 from cgwd.ike import crypto
+from cgwd.ike.v1 import keys
 
 KAT = json.loads((Path(__file__).parent / "data" / "ike_kat_strongswan.json").read_text())
 H = bytes.fromhex
 
 
 def test_skeyid_psk():
-    assert crypto.skeyid_psk(KAT["prf"], KAT["psk"].encode(), H(KAT["ni"]), H(KAT["nr"])) == H(KAT["skeyid"])
+    assert keys.skeyid_psk(KAT["prf"], KAT["psk"].encode(), H(KAT["ni"]), H(KAT["nr"])) == H(KAT["skeyid"])
 
 
 def test_skeyid_d_a_e_and_ka():
-    keys = crypto.derive_phase1(KAT["prf"], H(KAT["skeyid"]), H(KAT["g_xy"]), H(KAT["cky_i"]), H(KAT["cky_r"]), 16)
-    assert keys.skeyid_d == H(KAT["skeyid_d"])
-    assert keys.skeyid_a == H(KAT["skeyid_a"])
-    assert keys.skeyid_e == H(KAT["skeyid_e"])
-    assert keys.enc_key == H(KAT["ka"])
+    p1 = keys.derive_phase1(KAT["prf"], H(KAT["skeyid"]), H(KAT["g_xy"]), H(KAT["cky_i"]), H(KAT["cky_r"]), 16)
+    assert p1.skeyid_d == H(KAT["skeyid_d"])
+    assert p1.skeyid_a == H(KAT["skeyid_a"])
+    assert p1.skeyid_e == H(KAT["skeyid_e"])
+    assert p1.enc_key == H(KAT["ka"])
 
 
 def test_phase1_iv():
-    assert crypto.phase1_iv(KAT["prf"], H(KAT["g_xi"]), H(KAT["g_xr"])) == H(KAT["initial_iv"])
+    assert keys.phase1_iv(KAT["prf"], H(KAT["g_xi"]), H(KAT["g_xr"])) == H(KAT["initial_iv"])
 
 
 @pytest.mark.parametrize("side", ["initiator", "responder"])
@@ -39,7 +40,7 @@ def test_keymat(side):
     spi = int.from_bytes(seed[len(gxy) + 1 : len(gxy) + 5], "big")
     nonces = seed[len(gxy) + 5 :]
     ni, nr = nonces[:32], nonces[32:]
-    km = crypto.keymat(KAT["prf"], H(KAT["skeyid_d"]), protocol, spi, ni, nr, 36, gxy)
+    km = keys.keymat(KAT["prf"], H(KAT["skeyid_d"]), protocol, spi, ni, nr, 36, gxy)
     assert km[:16] == H(qm[f"encryption_{side}_key"])
     assert km[16:] == H(qm[f"integrity_{side}_key"])
 

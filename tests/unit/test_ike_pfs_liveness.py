@@ -1,17 +1,18 @@
-"""Quick mode with ESP proposals of different PFS groups (both ends in memory), inbound ESP
-as DPD liveness (the daemon's feed into the IKE peer), and the lab-only short lifetimes."""
+"""Quick mode with ESP proposals of different PFS groups (both ends in memory), rekeys close
+together, and the lab-only short lifetimes. (Inbound ESP as DPD liveness and make-before-break
+on the data path are the tunnel's: tests/unit/test_tunnel.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
 from cgwd.config import ConfigError, parse_config
-from cgwd.daemon import feed_esp_liveness
-from cgwd.ike import constants as C
-from cgwd.ike.codec import KePayload, SaPayload, decode_header, decode_payloads
-from cgwd.ike.events import IpsecSaUp, PeerDead
-from cgwd.ike.session import QM_RETRY_DELAY, IkePeer
-from conftest import BASE
+from cgwd.ike.v1 import constants as C
+from cgwd.ike.v1.codec import KePayload, SaPayload, decode_header, decode_payloads
+from cgwd.ike.events import IpsecSaUp
+from cgwd.ike.v1 import IkePeer, quick_mode
+from cgwd.ike.v1.peer import QM_RETRY_DELAY
+from unit_config import BASE
 from test_ike_session import assert_pairs_match, established, make_pair
 
 GCM_2048 = "aes128gcm16-modp2048"
@@ -26,12 +27,12 @@ def qm1_offer(net, mark: int) -> tuple[list[int | None], int]:
         hdr = decode_header(d.data)
         if hdr.exchange != C.EXCH_QUICK:
             continue
-        sa = net.a.peer._current_sa()
+        sa = net.a.peer.current_sa()
         # decrypt with A's own state: the IV of a first quick-mode message is derived
-        from cgwd.ike import crypto
+        from cgwd.ike.v1 import keys
 
-        iv = crypto.phase2_iv(sa.algs.hash, sa.p1_last_block, hdr.message_id)
-        pt = crypto.decrypt(sa.keys.enc_key, iv, d.data[C.HEADER_LEN:])
+        iv = keys.phase2_iv(sa.algs.hash, sa.p1_last_block, hdr.message_id)
+        pt = keys.decrypt(sa.keys.enc_key, iv, d.data[C.HEADER_LEN:])
         payloads = decode_payloads(hdr.next_payload, pt, allow_padding=True)
         sap = [p for p in payloads if isinstance(p, SaPayload)][0]
         groups = []
@@ -102,12 +103,12 @@ def test_responder_picks_the_proposal_whose_group_the_ke_is_for():
     assert_pairs_match(ua.pair, ub.pair)
 
 
-def test_initiator_gives_up_at_once_on_a_responder_that_chose_another_group():
+def test_initiator_gives_up_at_once_on_a_responder_that_chose_another_group(monkeypatch):
     s256 = "aes128-sha1-modp2048s256"
     m2048 = "aes128-sha1-modp2048"
     net = make_pair(esp=[s256, m2048])
     # a sloppy responder that judges the KE by its length only (takes it for modp2048)
-    net.b.peer._ke_group = lambda sap, ke: 14
+    monkeypatch.setattr(quick_mode, "ke_group", lambda sap, ke: 14)  # (only B responds)
     net.b.peer.config.esp_algs = [a for a in net.b.peer.config.esp_algs if a.group == 14]
     net.a.peer.start(0)
     net.pump()
@@ -131,54 +132,6 @@ def test_no_pfs_proposal_next_to_pfs_ones():
     assert_pairs_match(ua.pair, net.ev(net.b, IpsecSaUp)[0].pair)
 
 
-# ----------------------------------------------------------------------- ESP liveness
-
-
-def _stats(spi: int, n: int) -> list[dict]:
-    return [{"spi_in": f"0x{spi:08x}", "packets_in": n}]
-
-
-def test_inbound_esp_keeps_dpd_quiet_and_silence_brings_it_back():
-    net = make_pair(a_kw={"dpd_interval": 10, "dpd_retries": 3, "dpd_action": "restart"})
-    ua, _ = established(net)
-    a: IkePeer = net.a.peer
-    seen: dict[str, int] = {}
-    packets = 0
-    # 60 s of ESP arriving; the daemon looks at the counters once a second
-    while net.now < 60:
-        packets += 7
-        assert feed_esp_liveness(a, _stats(ua.pair.spi_in, packets), seen, net.now)
-        net.advance(net.now + 1)
-    assert a.counters.get("dpd_sent", 0) == 0
-    assert a.status()["dpd"]["last_seen"] >= 59
-    # the counters stop moving: no liveness, and R-U-THERE goes out after the idle interval
-    t_quiet = net.now
-    while net.now < t_quiet + 15:
-        assert not feed_esp_liveness(a, _stats(ua.pair.spi_in, packets), seen, net.now)
-        net.advance(net.now + 1)
-    assert a.counters.get("dpd_sent", 0) >= 1
-    assert a.counters.get("dpd_acked", 0) >= 1  # the peer is alive and answers
-    assert not net.ev(net.a, PeerDead)
-
-
-def test_esp_liveness_does_not_hide_a_dead_peer_and_follows_new_spis():
-    net = make_pair(a_kw={"dpd_interval": 5, "dpd_retries": 2, "dpd_action": "clear"})
-    ua, _ = established(net)
-    a = net.a.peer
-    seen: dict[str, int] = {}
-    assert feed_esp_liveness(a, _stats(ua.pair.spi_in, 10), seen, net.now)
-    # a rekeyed pair starts from 0 again: counts are per SPI, a new SPI with packets is traffic
-    assert feed_esp_liveness(a, _stats(0x1234, 1) + _stats(ua.pair.spi_in, 10), seen, net.now)
-    assert not feed_esp_liveness(a, _stats(0x1234, 1), seen, net.now)  # old SA gone, nothing new
-    assert not feed_esp_liveness(a, [{"spi_in": None, "packets_in": 5}], seen, net.now)
-    # the peer goes silent (IKE and ESP): DPD declares it dead
-    net.drop = lambda s, d: True
-    for _ in range(40):
-        feed_esp_liveness(a, _stats(0x1234, 1), seen, net.now)
-        net.advance(net.now + 1)
-    assert net.ev(net.a, PeerDead)
-
-
 # ----------------------------------------------------------------------- short lifetimes
 
 
@@ -196,128 +149,6 @@ def test_short_lifetimes_only_when_asked_for():
     bad = short.replace("esp_lifetime = 60\n", "esp_lifetime = 30\n  short_lifetimes = true\n", 1)
     with pytest.raises(ConfigError):
         parse_config(bad)
-
-
-# ----------------------------------------------------------------------- make-before-break at the daemon
-
-
-class _FakeDatapath:
-    """Records calls; models the outbound choice of a data path with pending_outbound."""
-
-    kind = "userspace"
-    pending_outbound = True
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-        self.installed: list[int] = []
-        self.out: int | None = None
-
-    def install(self, pair, *, outbound=True):
-        self.calls.append(("install", pair.spi_in, outbound))
-        self.installed.append(pair.spi_in)
-        if outbound or self.out is None:
-            self.out = pair.spi_in
-
-    def activate_outbound(self, spi_in, why=""):
-        if spi_in not in self.installed:
-            return False
-        self.calls.append(("activate", spi_in))
-        self.out = spi_in
-        return True
-
-    def remove(self, spi_in):
-        self.calls.append(("remove", spi_in))
-        if spi_in in self.installed:
-            self.installed.remove(spi_in)
-        if self.out == spi_in:
-            self.out = self.installed[-1] if self.installed else None
-
-    def remove_all(self):
-        self.calls.append(("remove_all", 0))
-        self.installed.clear()
-        self.out = None
-
-    def receive_esp(self, data, remote):
-        self.calls.append(("esp", int.from_bytes(data[:4], "big")))
-
-    def stats(self):
-        return {"sas": []}
-
-
-class _FakeRouting:
-    def tunnel_up(self, *a, **k):
-        pass
-
-    def tunnel_down(self, *a, **k):
-        pass
-
-
-def _pair(spi_in: int, replaces: int | None = None, udp: bool = True):
-    from cgwd.ipsec_sa import IpsecSaPair
-
-    return IpsecSaPair(spi_in, spi_in + 1, "aes128", "sha1", b"k" * 16, b"K" * 16, b"i" * 20, b"I" * 20,
-                       local_address="203.0.113.2", remote_address="198.51.100.2", udp_encap=udp,
-                       replaces_spi_in=replaces)
-
-
-def _tunnel():
-    import time as _time
-
-    from cgwd.daemon import Daemon, Tunnel
-
-    cfg = parse_config(BASE).tunnels[0]
-    d = Daemon("/nonexistent.toml")
-    t = Tunnel(d, cfg, _FakeRouting(), 0)
-    t.datapath = _FakeDatapath()
-    t.ipsec_up_since = _time.time()  # BGP is not part of this test
-    d.by_remote[str(cfg.remote_address)] = t
-    return d, t
-
-
-def test_our_rekey_installs_receive_only_then_switches(monkeypatch):
-    # the switch on the peer's first packet is the data path's (test_esp_datapath.py);
-    # the daemon installs our rekey's pair receive-only and activates it after the grace time
-    import asyncio
-
-    import cgwd.daemon as daemon_mod
-    from cgwd.ike.events import IpsecSaDown
-
-    monkeypatch.setattr(daemon_mod, "OUTBOUND_GRACE", 0.2)
-
-    async def scenario():
-        d, t = _tunnel()
-        dp = t.datapath
-        t.on_ike_event(IpsecSaUp(_pair(0x1000), initiator=True))  # the first pair: at once
-        assert dp.calls == [("install", 0x1000, True)] and dp.out == 0x1000
-        t.on_ike_event(IpsecSaUp(_pair(0x2000, 0x1000), initiator=True))  # our rekey
-        assert dp.calls[-1] == ("install", 0x2000, False) and dp.out == 0x1000
-        assert set(t.pairs) == {0x1000, 0x2000}
-        await asyncio.sleep(0.4)  # no sign of the peer: the grace time switches
-        assert dp.calls[-1] == ("activate", 0x2000) and dp.out == 0x2000
-        # the peer's rekey (we responded): the peer has it already, outbound at once
-        t.on_ike_event(IpsecSaUp(_pair(0x4000, 0x2000), initiator=False))
-        assert dp.calls[-1] == ("install", 0x4000, True) and dp.out == 0x4000
-        # raw ESP (no NAT-T) too: the data path sees its inbound ESP itself
-        t.on_ike_event(IpsecSaUp(_pair(0x5000, 0x4000, udp=False), initiator=True))
-        assert dp.calls[-1] == ("install", 0x5000, False) and dp.out == 0x4000
-        # a pending pair deleted before its grace time: its timer does nothing
-        t.on_ike_event(IpsecSaDown(0x5000, 0x5001, "expired"))
-        await asyncio.sleep(0.4)
-        assert ("activate", 0x5000) not in dp.calls and dp.out == 0x4000
-        # a pair that lost a rekey collision (IKE keeps it as "rekeyed") stays receive-only,
-        # also after the grace time, unless the peer sends on it (the data path's switch)
-        t.peer = type("P", (), {"child_state": staticmethod(lambda spi: "rekeyed" if spi in (0x8000, 0x9000)
-                                                            else "installed")})()
-        t.on_ike_event(IpsecSaUp(_pair(0x8000, 0x4000), initiator=False))
-        t.on_ike_event(IpsecSaUp(_pair(0x9000, 0x4000), initiator=True))
-        await asyncio.sleep(0.4)
-        assert dp.calls[-2:] == [("install", 0x8000, False), ("install", 0x9000, False)]
-        assert dp.out == 0x4000
-        # the last active pair deleted: the data path falls back to what it has
-        t.on_ike_event(IpsecSaDown(0x4000, 0x4001, "deleted by peer"))
-        assert dp.out == 0x9000 and t.ipsec_up_since is not None
-
-    asyncio.run(scenario())
 
 
 # ----------------------------------------------------------------------- rekeys close together

@@ -37,10 +37,10 @@ def test_metrics_parse():
     d = {(n, l): v for n, l, v in samples}
     assert d[("cgwd_tunnel_up", '{tunnel="tun1",vpn="vpn-1"}')] == "1"
     assert d[("cgwd_tunnel_up", '{tunnel="tun2",vpn="vpn-1"}')] == "0"
-    assert d[("cgwd_ike_state", '{tunnel="tun2",vpn="vpn-1",state="connecting"}')] == "1"
+    assert d[("cgwd_ike_state", '{tunnel="tun2",vpn="vpn-1",ike_version="1",state="connecting"}')] == "1"
     assert d[("cgwd_bgp_state", '{tunnel="tun1",vpn="vpn-1",state="established"}')] == "1"
     assert d[("cgwd_ipsec_packets_total", '{tunnel="tun1",vpn="vpn-1",direction="out"}')] == "12"
-    assert d[("cgwd_ike_events_total", '{tunnel="tun1",vpn="vpn-1",event="rekeys"}')] == "2"
+    assert d[("cgwd_ike_events_total", '{tunnel="tun1",vpn="vpn-1",ike_version="1",event="rekeys"}')] == "2"
     assert d[("cgwd_tunnel_drops_total", '{tunnel="tun1",vpn="vpn-1",reason="replay"}')] == "1"
     assert types["cgwd_ipsec_packets_total"] == "counter" and types["cgwd_bgp_prefixes_received"] == "gauge"
     assert d[("cgwd_routes_installed", '{tunnel="tun1"}')] == "1"
@@ -113,3 +113,20 @@ def test_metrics_drops_rekeys_dpd_bgp_messages_routes():
     assert d[("cgwd_routes", '{tunnel="tun1"}')] == d[("cgwd_routes", '{tunnel="tun2"}')] == "1"
     assert d[("cgwd_routes_best", '{tunnel="tun2"}')] == "0" and d[("cgwd_routes_installed", '{tunnel="tun1"}')] == "1"
     assert types["cgwd_dpd_total"] == "counter" and types["cgwd_routes_best"] == "gauge"
+
+
+def test_supervised_task_crashes_are_metrics():
+    from cgwd.metrics import render_metrics
+
+    text = render_metrics({"tasks": {"notify": {"state": "restarting", "crashes": 2, "last_error": "x"},
+                                     "routing:vpn-1": {"state": "running", "crashes": 0, "last_error": None}}})
+    assert 'cgwd_task_crashes_total{task="notify"} 2' in text
+    assert 'cgwd_task_running{task="notify"} 0' in text
+    assert 'cgwd_task_running{task="routing:vpn-1"} 1' in text
+
+
+def test_what_the_box_lacks_is_a_metric():
+    from cgwd.metrics import render_metrics
+
+    text = render_metrics({"system": [{"name": "ip_forward_off", "what": "x", "fix": "y"}]})
+    assert 'cgwd_system_problem{problem="ip_forward_off"} 1' in text
