@@ -48,4 +48,30 @@ echo "test.sh: lane 1 rc $rc1, lane 2 rc $rc2, lane 3 rc $rc3, $(( $(date +%s) -
 tail -n 1 "$logdir/interop1.log" | sed 's/^/test.sh: lane 1: /'
 tail -n 1 "$logdir/interop2.log" | sed 's/^/test.sh: lane 2: /'
 tail -n 1 "$logdir/other.log" | sed 's/^/test.sh: lane 3: /'
+# An interop test that failed while three lanes shared two cores runs once more, alone on the
+# machine. It counts as passed only if that run passes; either way its name is printed as
+# FLAKY so the failure stays on record. Unit, fuzz, QEMU and systemd failures are never rerun,
+# and a lane that failed for any other reason (no FAILED/ERROR line: a crash, a collection
+# error) stays red. CGWD_TEST_RERUN=0 turns this off.
+rerun_lane() {
+  local n=$1 log=$logdir/interop$1.log ids
+  mapfile -t ids < <(grep -E '^(FAILED|ERROR) tests/interop/' "$log" | awk '{print $2}' | sort -u)
+  if [ "${#ids[@]}" = 0 ] || [ "${CGWD_TEST_RERUN:-1}" = 0 ]; then return 1; fi
+  if [ "${#ids[@]}" -gt 3 ]; then
+    echo "test.sh: lane $n: ${#ids[@]} interop tests failed, too many to call flaky; no rerun"
+    return 1
+  fi
+  printf 'test.sh: FLAKY? lane %s failed %s; running it once more, alone\n' "$n" "${ids[*]}"
+  "${PYTEST[@]}" "${ids[@]}" > "$logdir/rerun$n.log" 2>&1
+  local rc=$?
+  echo "===================== lane $n: rerun of its failed tests ====================="
+  cat "$logdir/rerun$n.log"
+  printf 'test.sh: FLAKY lane %s: %s: rerun rc %s\n' "$n" "${ids[*]}" "$rc"
+  return "$rc"
+}
+set +e
+if [ "$rc1" != 0 ]; then rerun_lane 1; rc1=$?; fi
+if [ "$rc2" != 0 ]; then rerun_lane 2; rc2=$?; fi
+set -e
+echo "test.sh: final: lane 1 rc $rc1, lane 2 rc $rc2, lane 3 rc $rc3, $(( $(date +%s) - start )) s in all"
 [ "$rc1" = 0 ] && [ "$rc2" = 0 ] && [ "$rc3" = 0 ]
