@@ -37,6 +37,10 @@ class DataPath(Protocol):
 
     def activate_outbound(self, spi_in: int, why: str = "") -> bool: ...
 
+    def expect_spi(self, spi_in: int, seconds: float) -> None:
+        """The peer may send on ``spi_in`` for up to ``seconds`` before its pair is installed:
+        hold those packets (bounded) and deliver them at install, or do nothing."""
+
     def remove(self, spi_in: int) -> None: ...
 
     def remove_all(self) -> None: ...

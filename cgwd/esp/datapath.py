@@ -201,6 +201,12 @@ class Datapath(abc.ABC):
         """Send on this pair from now on; False where the data path cannot choose."""
         return False
 
+    def expect_spi(self, spi_in: int, seconds: float) -> None:
+        """The peer may send on ``spi_in`` for up to ``seconds`` before its pair is installed
+        (an IKEv1 responder's pair between quick-mode messages 2 and 3). The userspace data
+        path holds those first packets; the kernel's XFRM drops them (XfrmInNoStates), as it
+        does for strongSwan, so here this does nothing."""
+
     @abc.abstractmethod
     def remove(self, spi_in: int) -> None:
         """Remove the pair whose inbound SPI is ``spi_in`` (no error if unknown)."""

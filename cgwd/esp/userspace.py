@@ -64,6 +64,13 @@ TOTAL_KEYS = ("packets_in", "packets_out", "bytes_in", "bytes_out", "replay_drop
 PTB_RATE = 10.0
 PTB_BURST = 10
 
+# packets on an SPI IKE said is coming (expect_spi) that arrive before its pair: held, at most
+# EARLY_PACKETS per SPI and EARLY_SPIS SPIs, each packet for EARLY_HOLD seconds, then counted
+# as unknown_spi drops
+EARLY_PACKETS = 32
+EARLY_SPIS = 8
+EARLY_HOLD = 2.0
+
 CAPABILITIES = EspCapabilities(ALL_CAPABILITIES.encryption, ALL_CAPABILITIES.integrity,
                                why="userspace ESP: every transform through the cryptography package")
 
@@ -90,6 +97,17 @@ class _Entry:
         self.pending_out = False  # installed inbound only; outbound waits (activate_outbound)
 
 
+class _Early:
+    """An inbound SPI IKE allocated whose pair is not installed yet, and what came on it."""
+
+    __slots__ = ("until", "raw", "packets")
+
+    def __init__(self, until: float, raw: bool) -> None:
+        self.until = until
+        self.raw = raw  # registered on the shared raw ESP socket for this SPI
+        self.packets: list[tuple[float, bytes]] = []
+
+
 class UserspaceDatapath(Datapath):
     kind = "userspace"
     pending_outbound = True
@@ -105,6 +123,8 @@ class UserspaceDatapath(Datapath):
         self._entries: dict[int, _Entry] = {}  # spi_in -> entry, in install order
         self._out: _Entry | None = None
         self._retired = dict.fromkeys(TOTAL_KEYS, 0)  # counts of pairs already removed
+        self._early: dict[int, _Early] = {}  # SPIs IKE said are coming (expect_spi)
+        self.early_delivered = 0  # held packets delivered once their pair was installed
         self._drops: dict[str, int] = {}
         self._ignored: dict[str, int] = {}
         self._ptb = TokenBucket(PTB_RATE, PTB_BURST)
@@ -179,6 +199,71 @@ class UserspaceDatapath(Datapath):
         else:
             entry.pending_out = True
             log.info("%s: installed %s (inbound; outbound when the peer uses it)", self.name, pair.describe())
+        early = self._early.pop(pair.spi_in, None)
+        if early is not None:
+            if early.raw and pair.udp_encap and self._esp_sock is not None:
+                self._esp_sock.unregister(pair.spi_in, self._on_raw_esp)
+            self._deliver_early(pair.spi_in, early)
+
+    # ------------------------------------------------------------------ SPIs before their pair
+    def expect_spi(self, spi_in: int, seconds: float) -> None:
+        """Hold packets on ``spi_in`` that come before its pair (see Datapath.expect_spi)."""
+        if self._closed or spi_in in self._entries:
+            return
+        now = self.clock()
+        self._expire_early(now)
+        while len(self._early) >= EARLY_SPIS:
+            self._forget_early(next(iter(self._early)))
+        sock = self._esp_sock
+        raw = self._out is not None and not self._out.udp and sock is not None
+        if raw and not sock.register(spi_in, self._on_raw_esp):
+            raw = False  # another tunnel on this address has it: nothing to hold
+        self._early[spi_in] = _Early(now + seconds, raw)
+
+    def _hold_early(self, spi: int, data: bytes) -> bool:
+        early = self._early.get(spi)
+        if early is None:
+            return False
+        now = self.clock()
+        if now > early.until:
+            self._forget_early(spi)
+            return False
+        if len(early.packets) >= EARLY_PACKETS:
+            return False
+        early.packets.append((now, data))
+        return True
+
+    def _deliver_early(self, spi: int, early: _Early) -> None:
+        now = self.clock()
+        fresh = [d for at, d in early.packets if now - at <= EARLY_HOLD]
+        for _ in range(len(early.packets) - len(fresh)):
+            self._drop("unknown_spi")
+        if fresh:
+            log.info("%s: %d packet(s) on SPI 0x%08x came before its pair was installed (the peer sent on it "
+                     "before its last quick-mode message reached us): delivered now", self.name, len(fresh), spi)
+        for d in fresh:
+            self.early_delivered += 1
+            self._receive(d)
+
+    def _forget_early(self, spi: int) -> None:
+        early = self._early.pop(spi, None)
+        if early is None:
+            return
+        for _ in early.packets:
+            self._drop("unknown_spi")
+        if early.raw and self._esp_sock is not None:
+            self._esp_sock.unregister(spi, self._on_raw_esp)
+
+    def _expire_early(self, now: float) -> None:
+        for spi, early in list(self._early.items()):
+            if now > early.until:
+                self._forget_early(spi)
+                continue
+            old = [p for p in early.packets if now - p[0] > EARLY_HOLD]
+            if old:
+                early.packets = early.packets[len(old):]
+                for _ in old:
+                    self._drop("unknown_spi")
 
     def _set_out(self, entry: _Entry | None) -> None:
         self._out = entry
@@ -219,6 +304,8 @@ class UserspaceDatapath(Datapath):
             self._retire(entry)
         self._entries.clear()
         self._out = None
+        for spi in list(self._early):
+            self._forget_early(spi)
 
     def sa_pair(self, spi_in: int) -> SaPair | None:
         e = self._entries.get(spi_in)
@@ -276,6 +363,7 @@ class UserspaceDatapath(Datapath):
             "esp_socket": self._esp_sock.local_address if self._esp_sock is not None else None,
             "system": [f.as_dict() for f in self.findings],
             "gso_sends": self.gso_sends,
+            "early": {"pending_spis": len(self._early), "delivered": self.early_delivered},
         }
 
     # ------------------------------------------------------------------ events / lifetimes
@@ -287,6 +375,8 @@ class UserspaceDatapath(Datapath):
 
     def check_lifetimes(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        if self._early:
+            self._expire_early(now)
         for spi_in, e in list(self._entries.items()):
             what = e.sa.check_lifetime(now)
             if what == "hard":
@@ -314,9 +404,11 @@ class UserspaceDatapath(Datapath):
         if len(data) < 8:
             self._drop("truncated")
             return
-        e = self._entries.get(int.from_bytes(data[:4], "big"))
+        spi = int.from_bytes(data[:4], "big")
+        e = self._entries.get(spi)
         if e is None:
-            self._drop("unknown_spi")
+            if not (self._early and self._hold_early(spi, data)):
+                self._drop("unknown_spi")
             return
         try:
             nh, inner = e.dec.decrypt(data)

@@ -61,4 +61,16 @@ class NatDetected:
     peer_behind_nat: bool
 
 
-IkeEvent = Phase1Up | Phase1Down | IpsecSaUp | IpsecSaDown | PeerDead | NatDetected
+@dataclass(frozen=True)
+class SpiPending:
+    """An inbound SPI the peer may send on before its pair is installed, for up to
+    ``seconds``: an IKEv1 responder's, between its quick-mode message 2 and the initiator's
+    message 3. The initiator installs the pair when it receives message 2 and may send on it
+    before its message 3 arrives (strongSwan does), so a data path that can (userspace) holds
+    that SPI's first packets until the pair is installed instead of dropping them."""
+
+    spi_in: int
+    seconds: float
+
+
+IkeEvent = Phase1Up | Phase1Down | IpsecSaUp | IpsecSaDown | PeerDead | NatDetected | SpiPending

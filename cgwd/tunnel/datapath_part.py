@@ -114,6 +114,12 @@ class DatapathPart:
             log.info("tunnel=%s event=ipsec-up %s", self.name, pair.describe())
         return first
 
+    def expect(self, spi_in: int, seconds: float) -> None:
+        """IKE allocated ``spi_in`` for a pair the peer may use before it is installed here
+        (:class:`~cgwd.ike.events.SpiPending`): the data path holds that SPI's first packets."""
+        if self.datapath is not None:
+            self.datapath.expect_spi(spi_in, seconds)
+
     def _release_held(self, spi_in: int, why: str) -> None:
         self._grace.pop(spi_in, None)
         if self._child_state(spi_in) is ChildState.REKEYED or self.datapath is None or spi_in not in self.pairs:

@@ -21,7 +21,7 @@ from ..config import TunnelConfig
 from ..esp.datapath import capabilities_for
 from ..esp.events import SaExpiring, SequenceExhausted
 from ..ike.endpoint import IkeEndpoint
-from ..ike.events import IpsecSaDown, IpsecSaUp, NatDetected, PeerDead, Phase1Down, Phase1Up
+from ..ike.events import IpsecSaDown, IpsecSaUp, NatDetected, PeerDead, Phase1Down, Phase1Up, SpiPending
 from ..routing.table import RoutingTable
 from ..seams import PartState, Reconfigured
 from .bgp_part import BgpPart
@@ -126,6 +126,8 @@ class Tunnel:
     def on_ike_event(self, ev) -> None:
         if isinstance(ev, IpsecSaUp):
             self._install(ev)
+        elif isinstance(ev, SpiPending):
+            self.dp.expect(ev.spi_in, ev.seconds)
         elif isinstance(ev, IpsecSaDown):
             last = self.dp.remove(ev.spi_in)
             log.info("tunnel=%s event=ipsec-down spi_in=0x%08x reason=%s", self.name, ev.spi_in, ev.reason)

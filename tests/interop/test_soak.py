@@ -106,9 +106,11 @@ def test_soak_rekeys_lose_nothing_and_leak_nothing(lab_factory, ike):
     per_tunnel = {n: (_count(log, n, r"ipsec-up(-pending|-standby)?") - 1, _count(log, n, "phase1-up") - 1)
                   for n in names}
     counters = {t["name"]: t["ike"]["counters"] for t in st1["tunnels"]}
+    drops = {t["name"]: t["ipsec"]["drops"] for t in st1["tunnels"]}
     print(f"\nsoak IKEv{ike}: {SOAK:.0f}s, phase 1 renewed every {PHASE1_EVERY:.0f}s by {renewals}\n" + table(rows))
     print(f"soak IKEv{ike}: pings {[(p.name, r['received'], r['sent']) for p, r in zip(pingers, results)]}; "
-          f"(phase-2, phase-1) renewals per tunnel {per_tunnel}; IKE counters {counters}")
+          f"(phase-2, phase-1) renewals per tunnel {per_tunnel}; IKE counters {counters}; ESP drops {drops}; "
+          f"packets held until their pair was installed: {log.count('came before its pair was installed')}")
     assert not orphans, f"SAs not accounted for at both ends: {orphans}"
     wall = time.time() - time.monotonic()
     lost = [wall + at for r in results for at in r["lost_at"][:5]]

@@ -148,6 +148,25 @@ def established(net: Net) -> tuple[IpsecSaUp, IpsecSaUp]:
     return ua[-1], ub[-1]
 
 
+def established_with_late_qm3(**kw) -> tuple[Net, list[Datagram]]:
+    """A initiates; what A sends once it has its IPsec SA (quick-mode message 3) is held back:
+    A has installed the pair, B is still waiting. Returns the net and the held datagrams."""
+    net = make_pair(**kw)
+    held: list[Datagram] = []
+
+    def late(src, d):
+        if src is net.a and net.ev(net.a, IpsecSaUp) and not net.ev(net.b, IpsecSaUp):
+            held.append(d)
+            return True
+        return False
+
+    net.drop = late
+    net.a.peer.start(net.now)
+    net.pump()
+    net.drop = lambda src, d: False
+    return net, held
+
+
 def assert_pairs_match(pa, pb):
     assert pa.spi_in == pb.spi_out and pa.spi_out == pb.spi_in
     assert pa.enc_key_in == pb.enc_key_out and pa.enc_key_out == pb.enc_key_in

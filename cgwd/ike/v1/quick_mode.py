@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from cgwd.ipsec_sa import ENC_KEY_BYTES, GCM_SALT_BYTES, NATT_PORT, IpsecSaPair, is_aead
 
 from .. import crypto
+from ..events import SpiPending
 from ..retransmit import Retransmission
 from . import constants as C
 from . import keys
@@ -371,6 +372,7 @@ def _respond(host: Host, sa: IsakmpSa, hdr: Header, data: bytes, remote, local_p
     qm.peer_install_at = now
     sa.qm[qm.mid] = qm
     host.sched.set(Timer.QM_HALF_OPEN, now + HALF_OPEN_TIMEOUT, qm)
+    host.emit(SpiPending(qm.spi_in, HALF_OPEN_TIMEOUT))
     host.send(msg, sa)
 
 
