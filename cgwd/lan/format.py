@@ -25,6 +25,8 @@ def format_lan(lan: dict, now: float) -> list[str]:
         up = n.get("uptime_since")
         since = f" for {int(now - up)}s" if up and n.get("state") == "established" else ""
         md5 = ", MD5" if n.get("md5") else ""
+        if n.get("as_path"):
+            md5 += f", as_path {n['as_path']}"      # the VPC prefixes: AWS's path, or originated
         if n.get("prepend"):
             md5 += f", prepend {n['prepend']}"     # what our announcements carry
         if n.get("med") is not None:
