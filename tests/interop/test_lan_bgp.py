@@ -122,8 +122,9 @@ def test_lan_bird_learns_the_vpc_prefix_and_its_allowed_prefix_reaches_aws(lab_f
     opens = n["messages_in"]["open"]
     with open(config) as f:
         text = f.read()
+    assert text.count(f'password = "{MD5}"\n') == 1, text
     with open(config, "w") as f:
-        f.write(text.replace("hold_time = 30\n", 'hold_time = 30\nas_path = "originate"\n'))
+        f.write(text.replace(f'password = "{MD5}"\n', f'password = "{MD5}"\nas_path = "originate"\n'))
     r = run(cgwctl_command("reload", "--socket", f"{lab.workdir}/cgwd.sock"), check=False, timeout=30)
     assert r.returncode == 0 and "lan:core1 (as_path)" in r.stdout + r.stderr, r.stdout + r.stderr
     wait_for(lambda: re.search(rf"BGP\.as_path: {lab.spec.cgw_asn}\s*$", _route_detail(router, lab.spec.vpc_cidr),
