@@ -142,6 +142,13 @@ class LanNeighbor:
     def sent(self) -> list[str]:
         return sorted(r.prefix for r in self.session.advertised())
 
+    def looped(self) -> list[str]:
+        """What the router was sent with its own ASN in the AS path (a path AWS sent that
+        holds it further along, which the config check cannot see): the router drops these
+        as loops (RFC 4271 9.1.2); status says so, ``as_path = "originate"`` sends them."""
+        asn = self.cfg.remote_asn
+        return sorted(r.prefix for r in self.session.advertised() if asn in r.as_path_list())
+
     def _on_event(self, ev) -> None:
         if isinstance(ev, SessionUp):
             self.up_since = self.session.uptime_since   # the event loop's clock: status shows wall time
@@ -420,7 +427,7 @@ class LanBgp:
         neighbors = []
         for n in self.neighbors.values():
             r = ex.routers.get(n.name)
-            neighbors.append({**n.status(), "sent": n.sent(),
+            neighbors.append({**n.status(), "sent": n.sent(), "looped": n.looped(),
                               "received": sorted(r.accepted) if r else [],
                               "refused": dict(sorted(r.refused.items())) if r else {},
                               "refused_total": r.refused_total if r else 0,

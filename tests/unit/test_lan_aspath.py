@@ -333,3 +333,21 @@ def test_a_reload_switches_as_path_in_place_re_sends_and_reads_back():
     asyncio.run(s.lan.reconfigure([dataclasses.replace(new, as_path="aws")]))
     s.pump()
     assert tuple(s.got[VPC].as_path_list()) == (ASN, AWS)
+
+
+def test_a_path_from_aws_that_holds_the_routers_asn_further_along_is_shown_as_looped():
+    """The config check sees AWS's first ASN only; a path with the router's ASN further along
+    (a Transit Gateway's peers) is still sent (the router decides, as BGP does) and status says
+    the router drops it."""
+    s = Site(config())
+    s.tunnel(0, True)
+    announce(s, 0, seq(AWS, 65010))
+    announce(s, 0, seq(AWS), prefix="10.101.0.0/16")
+    st = s.lan.status()["neighbors"][0]
+    assert st["sent"] == [VPC, "10.101.0.0/16"] and st["looped"] == [VPC]
+    text = "\n".join(format_lan(s.lan.status(), 0.0))
+    assert "! 1 carry AS65010 in their AS path (from AWS): the router drops them as loops" in text, text
+    asyncio.run(s.lan.reconfigure([dataclasses.replace(s.n.cfg, as_path="originate")]))
+    s.pump()
+    assert s.lan.status()["neighbors"][0]["looped"] == [] and tuple(s.got[VPC].as_path_list()) == (ASN,)
+    assert "carry AS65010" not in "\n".join(format_lan(s.lan.status(), 0.0))
