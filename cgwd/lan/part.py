@@ -267,7 +267,9 @@ class LanBgp:
             self.refresh_lan({vpn})
 
     def _on_selection(self, table, prefixes) -> None:
-        if self.exchange.selection_changed(table.name, {p: table.rib.learned_path(p) for p in prefixes}):
+        if not self.neighbors:
+            return        # no router to tell: add() reads every table afresh
+        if self.exchange.selection_changed(table.name, table.rib.learned_paths(prefixes)):
             self.refresh_lan({table.name})
             if any(r.accepted for r in self.exchange.routers.values()):
                 for name in self.neighbors:     # what the VPC now carries may shadow LAN prefixes
@@ -361,6 +363,9 @@ class LanBgp:
     # ------------------------------------------------------------ life cycle
     def add(self, cfg: LanNeighborConfig) -> LanNeighbor:
         """A router's neighbor, its session loaded with what it is to be sent (not started)."""
+        if not self.neighbors:          # the tables were not followed while no router was configured
+            for vpn, table in self.tables.items():
+                self.exchange.set_carried(vpn, table.rib.carried())
         n = LanNeighbor(cfg, self._on_event)
         self.neighbors[cfg.name] = n
         self.exchange.add_router(cfg.name, cfg.vpns, cfg.import_filter, cfg.max_prefix, cfg.summarise)

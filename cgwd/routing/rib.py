@@ -533,6 +533,15 @@ class Rib:
             return None
         return self._paths[prefix][sel[0].tunnel].learned_path()
 
+    def learned_paths(self, prefixes) -> dict[str, LearnedPath | None]:
+        """``learned_path`` of each of ``prefixes`` (the LAN side's feed after a change)."""
+        sel, paths = self.selected, self._paths
+        out = {}
+        for p in prefixes:
+            nhs = sel.get(p)
+            out[p] = paths[p][nhs[0].tunnel].learned_path() if nhs else None
+        return out
+
     def carried(self) -> dict[str, LearnedPath]:
         """Every prefix a tunnel carries now with the path its selected route was learned with."""
         paths = self._paths

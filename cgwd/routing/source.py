@@ -8,12 +8,10 @@ configured prefixes, through :meth:`RoutingTable.offer`), each with a preference
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
-class LearnedPath:
+class LearnedPath(NamedTuple):
     """The path attributes a route was learned with, which cgwd passes on when it announces
     the prefix further (to a LAN router with ``as_path = "aws"``).
 
@@ -21,6 +19,7 @@ class LearnedPath:
     them; ``()`` for a route nobody announced (a static route): announcing it further makes
     cgwd its originator. ``origin`` is BGP's ORIGIN (0 IGP, 1 EGP, 2 INCOMPLETE); the last two
     are what an aggregating speaker upstream set (RFC 4271 5.1.6-5.1.7): kept, not made up.
+    (A NamedTuple: immutable, compared by value, and cheap to make once per carried prefix.)
     """
 
     as_path: tuple = ()

@@ -351,3 +351,23 @@ def test_a_path_from_aws_that_holds_the_routers_asn_further_along_is_shown_as_lo
     s.pump()
     assert s.lan.status()["neighbors"][0]["looped"] == [] and tuple(s.got[VPC].as_path_list()) == (ASN,)
     assert "carry AS65010" not in "\n".join(format_lan(s.lan.status(), 0.0))
+
+
+def test_with_no_router_configured_the_tables_are_read_afresh_when_one_is_added():
+    """No neighbor: selection changes are not followed (no cost on a box without LAN BGP); the
+    first neighbor added (at start or by reload) reads every VPN's table, paths included."""
+    cfg = config()
+    vpn = cfg.vpns[0]
+    routing = RoutingTable(RoutingSettings.from_config(cfg, vpn), kernel=None, name=vpn.name)
+    lan = LanBgp(lambda: [])
+    lan.attach(vpn.name, routing)
+    routing.tunnel_up("tun1", "cgw-tun1", "169.254.10.1", 0)
+    routing.routes_received("tun1", [Route(VPC, "169.254.10.1", seq(AWS, 65300))], [])
+    assert lan.exchange.to_lan([vpn.name]) == {}, "not followed without a router"
+    n = lan.add(cfg.lan_neighbors[0])
+    assert lan.exchange.to_lan([vpn.name]) == {VPC: LearnedPath(seq(AWS, 65300))}
+    assert [tuple(r.as_path_list()) for r in n.session.advertised()] == [(ASN, AWS, 65300)]
+    asyncio.run(lan.reconfigure([]))
+    routing.tunnel_down("tun1")
+    n = lan.add(cfg.lan_neighbors[0])
+    assert n.sent() == [] and lan.exchange.to_lan([vpn.name]) == {}
