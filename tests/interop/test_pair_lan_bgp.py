@@ -179,7 +179,9 @@ def test_active_standby_fails_over_and_back_then_active_active(pairlan, bfd):
     # the router prefers box 1 (box 2's path is prepended twice); AWS's side too
     wait_for(lambda: lab.router_next_hops() == {b1.lan}, 30, interval=0.3, what="the router's VPC route via box 1")
     detail = router.birdc("show", "route", lab.spec.vpc_cidr, "all")
-    assert re.search(r"BGP\.as_path: 65000 65000 65000\s*$", detail, re.M), detail
+    # as_path = "aws" (the default): box 1's path is "65000 64512", box 2's prepended one this
+    assert re.search(rf"BGP\.as_path: 65000 65000 65000 {lab.spec.aws_asn}\s*$", detail, re.M), detail
+    assert re.search(rf"BGP\.as_path: 65000 {lab.spec.aws_asn}\s*$", detail, re.M), detail
     wait_for(lambda: len(vpc_paths(lab)) == 4, 30, interval=0.5, what="the VPC side to learn the on-prem prefix 4 times")
     paths = vpc_paths(lab)
     assert paths == {"aws1": "65000", "aws2": "65000",
