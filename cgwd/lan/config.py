@@ -364,11 +364,17 @@ def parse_lan_neighbors(c, raw: Any, vpns: list, base_dir: str | None = None) ->
             for v in served:
                 vpn = names.get(v)
                 if vpn is not None and vpn.routing == "bgp" and vpn.remote_asn == remote_asn:
-                    given = "as_path = \"aws\"" if "as_path" in d else "as_path (default \"aws\")"
-                    c.err(t, "as_path", f"{given} carries AWS's AS path, which starts with AS{remote_asn} "
-                          f"(remote_asn of [[vpn]] {v!r}), and the router is AS{remote_asn} too: it would find "
-                          "its own ASN in the path and drop every VPC prefix as a loop. Set "
-                          "as_path = \"originate\" (cgwd announces them as its own), or peer from another ASN")
+                    why = (f"AWS's AS path starts with AS{remote_asn} (remote_asn of [[vpn]] {v!r}) and the "
+                           f"router is AS{remote_asn} too: it would find its own ASN in the path and drop every "
+                           "VPC prefix as a loop")
+                    if "as_path" in d:
+                        c.err(t, "as_path", f"as_path = \"aws\": {why}. Set as_path = \"originate\" (cgwd "
+                              "announces them as its own), or peer from another ASN")
+                    else:
+                        # a config written before the key existed keeps working as it did
+                        as_path = AS_PATH_ORIGINATE
+                        c.warn(t, "as_path", f"{why}; announcing them as cgwd's own (as_path = \"originate\"); "
+                               "set as_path explicitly to silence this")
                     break
         if len(c.errors) != n0 or addr is None or local is None:
             continue

@@ -259,8 +259,7 @@ LOOP = "would find its own ASN in the path"
 
 
 @pytest.mark.parametrize("as_path, remote_asn, error", [
-    (None, 64512, "as_path (default \"aws\") carries AWS's AS path, which starts with AS64512"),
-    ("aws", 64512, "as_path = \"aws\" carries AWS's AS path"),
+    ("aws", 64512, "as_path = \"aws\": AWS's AS path starts with AS64512"),
     ("originate", 64512, None),
     ("aws", 64513, None),
     ("carry", 65010, "must be one of aws, originate; got 'carry'"),
@@ -286,6 +285,22 @@ import = []
         assert LOOP in msg and 'as_path = "originate"' in msg and "vpn-0123456789abcdef0" in msg, msg
 
 
+def test_without_the_key_a_router_in_aws_asn_gets_originated_prefixes_and_a_warning():
+    """A config written before as_path existed keeps loading and working as it did."""
+    text = BASE + """
+[[lan_neighbor]]
+address = "10.200.0.10"
+local_address = "10.200.0.1"
+remote_asn = 64512
+import = []
+"""
+    cfg = parse_config(text)
+    (n,) = cfg.lan_neighbors
+    assert n.as_path == "originate"
+    (w,) = [w for w in cfg.warnings if "as_path" in w]
+    assert LOOP in w and "lan_neighbor[0]" in w and 'as_path = "originate"' in w, w
+
+
 def test_the_loop_check_looks_only_at_the_bgp_vpns_the_router_is_sent():
     other = BASE.replace('name = "vpn-0123456789abcdef0"', 'name = "vpn-b"').replace("remote_asn = 64512", "remote_asn = 64513")
     other = other.replace('"tun1"', '"tun3"').replace('"tun2"', '"tun4"').replace("203.0.113.2", "203.0.113.3")
@@ -300,9 +315,9 @@ remote_asn = 64513
 import = []
 """
     with pytest.raises(ConfigError) as e:
-        parse_config(two + lan)
+        parse_config(two + lan + 'as_path = "aws"\n')
     assert "vpn-b" in str(e.value) and LOOP in str(e.value)
-    (n,) = parse_config(two + lan + 'vpns = ["vpn-0123456789abcdef0"]\n').lan_neighbors
+    (n,) = parse_config(two + lan + 'as_path = "aws"\nvpns = ["vpn-0123456789abcdef0"]\n').lan_neighbors
     assert n.as_path == "aws"
     (n,) = parse_config(STATIC_VPN.replace("remote_asn = 65010", "remote_asn = 64512")).lan_neighbors
     assert n.as_path == "aws", "a static VPN has no AWS path to loop on"
