@@ -54,7 +54,7 @@ class FrrNeighbor:
 class FrrConfig:
     router_id: str
     asn: int
-    networks: list[str] = field(default_factory=list)      # announced (no import check)
+    networks: list[str] = field(default_factory=list)      # announced (no import check), the only exports
     neighbors: list[FrrNeighbor] = field(default_factory=list)
     maximum_paths: int = 1                                  # > 1: ECMP of equal eBGP paths
     bfd_profiles: dict[str, tuple[int, int, int]] = field(default_factory=dict)   # name: (mult, rx ms, tx ms)
@@ -75,10 +75,12 @@ class FrrConfig:
             af.append(f"  maximum-paths {self.maximum_paths}")
         for n in self.neighbors:
             af += [f"  neighbor {n.address} activate", f"  neighbor {n.address} route-map ALL in",
-                   f"  neighbor {n.address} route-map ALL out"]
+                   f"  neighbor {n.address} route-map OWN out"]
+        own = [f"ip prefix-list OWN seq {5 * (i + 1)} permit {p}" for i, p in enumerate(self.networks)]
         return "\n".join([
-            "frr defaults traditional", "hostname router", f"log file {log} informational",
-            "route-map ALL permit 10", "!", f"router bgp {self.asn}", f" bgp router-id {self.router_id}",
+            "frr defaults traditional", "hostname router", f"log file {log} informational", *own,
+            "route-map ALL permit 10", "!", "route-map OWN permit 10", " match ip address prefix-list OWN", "!",
+            f"router bgp {self.asn}", f" bgp router-id {self.router_id}",
             " no bgp default ipv4-unicast", " no bgp network import-check", *nb, " address-family ipv4 unicast", *af,
             " exit-address-family", "!", ""])
 

@@ -13,6 +13,8 @@ defaults (300 ms, multiplier 3, echo off), cgwd has ``bfd = true`` (300 ms x 3).
   prefix within about a second (the hold timer is 30 s);
 * reload bfd_interval_ms 300 -> 500: a Poll Sequence FRR answers; bfdd shows our 500 ms
   (remote receive/transmit interval), the negotiated detection time follows, BGP stays up;
+* FRR's own Poll Sequence (its peer's intervals 300 -> 600 ms): cgwd answers with the Final and
+  its TX interval and detection time follow (600 ms, 1800 ms), nothing goes down;
 * FRR's ``shutdown`` of the bfd peer: cgwd sees AdminDown (RFC 5882 3.2: not a path failure),
   so BGP is left alone at both ends (FRR's bgpd does not tear down on AdminDown either) and
   the session comes back Up on ``no shutdown`` without a BGP reset.
@@ -181,8 +183,23 @@ def test_lan_bfd_with_frr_bfdd(lab_factory):
     assert n["state"] == "established" and abs(n["uptime_since"] - up_since) < 0.5, "our BGP session stays up"
     assert _frr_sessions(frr) == frr_up, "FRR's BGP session stays up"
 
-    # FRR's AdminDown: not a path failure (RFC 5882 3.2), BGP left alone at both ends
+    # FRR's own Poll Sequence: its intervals to 600 ms; our Final, then our TX and detection follow
     key = _peer_key(peer)
+    downs = b["downs"]
+    frr.configure("bfd", key, "receive-interval 600", "transmit-interval 600", daemon="bfdd")
+    wait_for(lambda: _frr_bfd(frr).get("transmit-interval") == 600 and _neighbor(lab)["bfd"]["tx_interval_ms"] == 600
+             and _neighbor(lab)["bfd"]["detection_time_ms"] == 1800, 10, interval=0.2,
+             what="FRR's 600 ms applied at both ends")
+    b, peer = _neighbor(lab)["bfd"], _frr_bfd(frr)
+    print(f"FRR 300 -> 600 ms (its Poll): cgwd tx {b['tx_interval_ms']} ms, detection {b['detection_time_ms']} ms "
+          f"(remote rx {b['remote_min_rx_ms']}, tx {b['remote_desired_tx_ms']}); FRR status {peer.get('status')}")
+    assert b["remote_min_rx_ms"] == 600 and b["remote_desired_tx_ms"] == 600 and b["downs"] == downs, b
+    assert b["state"] == "up" and peer.get("status") == "up" and b["drops_total"] == 0, (b, peer)
+    n = _neighbor(lab)
+    assert n["state"] == "established" and abs(n["uptime_since"] - up_since) < 0.5
+    assert _frr_sessions(frr) == frr_up
+
+    # FRR's AdminDown: not a path failure (RFC 5882 3.2), BGP left alone at both ends
     teardowns = _neighbor(lab)["bfd"]["bgp_teardowns"]
     frr.configure("bfd", key, "shutdown", daemon="bfdd")
     wait_for(lambda: _neighbor(lab)["bfd"].get("remote_state") == "admindown", 10, interval=0.1,
