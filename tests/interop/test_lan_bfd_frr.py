@@ -17,7 +17,12 @@ defaults (300 ms, multiplier 3, echo off), cgwd has ``bfd = true`` (300 ms x 3).
   its TX interval and detection time follow (600 ms, 1800 ms), nothing goes down;
 * FRR's ``shutdown`` of the bfd peer: cgwd sees AdminDown (RFC 5882 3.2: not a path failure),
   so BGP is left alone at both ends (FRR's bgpd does not tear down on AdminDown either) and
-  the session comes back Up on ``no shutdown`` without a BGP reset.
+  the session comes back Up on ``no shutdown`` without a BGP reset;
+* ``bfd = false`` by reload: cgwd's AdminDown makes FRR 8.4's bgpd reset the BGP session once
+  (it counts any Down from Up, AdminDown included: FRR's behaviour, printed);
+* FRR drops BFD (``no neighbor X bfd``): bfdd signals Down, not AdminDown, and deletes the
+  session, so cgwd sees a path failure and holds BGP, but only for the hold time (30 s): then
+  BGP comes up without BFD (``gate_expiries``). Before, it stayed held for good.
 
 Times are printed.
 """
@@ -219,6 +224,54 @@ def test_lan_bfd_with_frr_bfdd(lab_factory):
     n = _neighbor(lab)
     assert n["state"] == "established" and abs(n["uptime_since"] - up_since) < 0.5 and n["bfd"]["ups"] == 4, n
     assert _frr_sessions(frr) == frr_up
+    frr.configure("bfd", f"no {key}", daemon="bfdd")     # back to bgpd's own session (no configured peer)
+    time.sleep(1)
+    assert _frr_bfd(frr).get("status") == "up" and _neighbor(lab)["bfd"]["ups"] == 4
+
+    # bfd = false by reload: cgwd tells FRR AdminDown before it stops the session
+    with open(config) as f:
+        text = f.read().replace("bfd = true", "bfd = false")
+    with open(config, "w") as f:
+        f.write(text)
+    r = run(cgwctl_command("reload", "--socket", os.path.join(lab.workdir, "cgwd.sock")), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: _frr_bfd(frr).get("status") != "up", 10, interval=0.1, what="FRR to see our AdminDown")
+    time.sleep(3)
+    peer, n = _frr_bfd(frr), _neighbor(lab)
+    nb = frr.neighbor(CGW)
+    print(f"cgwd bfd = false: FRR bfdd {peer.get('status')} (remote diag {peer.get('remote-diagnostic')}), "
+          f"FRR BGP {nb.get('bgpState')} sessions {_frr_sessions(frr)} (was {frr_up}, last reset "
+          f"{nb.get('lastNotificationReason')} / {nb.get('lastResetDueTo')}), cgwd BGP {n['state']} "
+          f"(up since moved {n.get('uptime_since', 0) - up_since:.1f} s)")
+
+    # bfd = true again, then FRR drops BFD (no neighbor X bfd): bfdd's last word is Down, not
+    # AdminDown, so cgwd holds BGP as for a path failure, but only for the hold time
+    with open(config, "w") as f:
+        f.write(text.replace("bfd = false", "bfd = true"))
+    r = run(cgwctl_command("reload", "--socket", os.path.join(lab.workdir, "cgwd.sock")), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: _neighbor(lab).get("state") == "established" and _neighbor(lab)["bfd"].get("state") == "up"
+             and frr.established(CGW) and _frr_bfd(frr).get("status") == "up", 30, interval=0.2,
+             what="BFD and BGP up again")
+    n0, s0 = _neighbor(lab), _frr_sessions(frr)
+    log_at = os.path.getsize(log_path)
+    t3 = time.monotonic()
+    frr.configure("router bgp 65010", f"no neighbor {CGW} bfd", daemon="bgpd")
+    wait_for(lambda: _neighbor(lab)["bfd"]["bgp_gated"], 10, interval=0.1, what="cgwd to see BFD gone and hold BGP")
+    n = _neighbor(lab)
+    print(f"FRR's BFD removed (no neighbor X bfd): cgwd BFD {n['bfd']['state']} after "
+          f"{time.monotonic() - t3:.1f} s (diag {n['bfd']['last_down_diag']!r}: bfdd sent no AdminDown), BGP held")
+    assert n["bfd"]["last_down_diag"] in ("neighbor signaled session down", "control detection time expired"), n
+    wait_for(lambda: frr.bfd_peers() == [], 5, interval=0.2, what="bfdd to delete the session")
+    wait_for(lambda: _neighbor(lab).get("state") == "established" and frr.established(CGW), HOLD + 20, interval=0.5,
+             what="BGP let up without BFD after the hold time")
+    n = _neighbor(lab)
+    print(f"cgwd: BGP back without BFD {time.monotonic() - t3:.1f} s after FRR dropped BFD (gate limit: hold time "
+          f"{HOLD} s); FRR sessions {_frr_sessions(frr)} (was {s0})")
+    print("".join(ln for ln in open(log_path).read()[log_at:].splitlines(True) if "lan=core1" in ln))
+    assert n["bfd"]["gate_expiries"] == n0["bfd"]["gate_expiries"] + 1 and not n["bfd"]["bgp_gated"], n
+    assert n["bfd"]["state"] == "down" and HOLD <= time.monotonic() - t3 <= HOLD + 20
+    assert "event=bfd-gate-expired" in open(log_path).read()
 
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
