@@ -243,6 +243,10 @@ def test_lan_bfd_with_frr_bfdd(lab_factory):
           f"FRR BGP {nb.get('bgpState')} sessions {_frr_sessions(frr)} (was {frr_up}, last reset "
           f"{nb.get('lastNotificationReason')} / {nb.get('lastResetDueTo')}), cgwd BGP {n['state']} "
           f"(up since moved {n.get('uptime_since', 0) - up_since:.1f} s)")
+    assert peer.get("remote-diagnostic") == "administratively down" and _neighbor(lab)["bfd"] == {"enabled": False}
+    assert nb.get("lastNotificationReason") == "Cease/BFD Down" and _frr_sessions(frr) == frr_up + 1, nb
+    wait_for(lambda: frr.established(CGW) and _neighbor(lab).get("state") == "established", 30, interval=0.3,
+             what="BGP back after FRR's reset")
 
     # bfd = true again, then FRR drops BFD (no neighbor X bfd): bfdd's last word is Down, not
     # AdminDown, so cgwd holds BGP as for a path failure, but only for the hold time
