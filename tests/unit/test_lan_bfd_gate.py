@@ -94,16 +94,18 @@ def test_status_text_and_metrics():
     b = {"enabled": True, "interval_ms": 300, "multiplier": 3, "state": "up", "remote_state": "up",
          "local_discriminator": 7, "remote_discriminator": 9, "tx_interval_ms": 300.0,
          "detection_time_ms": 900.0, "ups": 2, "downs": 1, "last_down_diag": "control detection time expired",
-         "drops": {"ttl": 4}, "bgp_gated": False}
+         "drops": {"ttl": 4}, "bgp_gated": False, "gate_expiries": 2}
     text = "\n".join(format_bfd(b))
     assert "BFD Up (remote up): discriminators 7/9, tx 300 ms, detection 900 ms" in text
     assert "ups 2, downs 1" in text and "last down: control detection time expired" in text and "ttl=4" in text
+    assert "BGP let up without BFD 2x" in text
     assert format_bfd({"enabled": False}) == []
     o = _Out()
     _lan_bfd_metrics(o, {"neighbor": "core1"}, b)
     out = o.text()
     assert 'cgwd_lan_bfd_state{neighbor="core1",state="up"} 1' in out
     assert 'cgwd_lan_bfd_drops_total{neighbor="core1",reason="ttl"} 4' in out
+    assert 'cgwd_lan_bfd_gate_expiries_total{neighbor="core1"} 2' in out
     assert 'cgwd_lan_bfd_detection_time_seconds{neighbor="core1"} 0.9' in out
     assert BfdState.UP.label == "Up"
 
