@@ -17,7 +17,8 @@ defaults (300 ms, multiplier 3, echo off), cgwd has ``bfd = true`` (300 ms x 3).
   its TX interval and detection time follow (600 ms, 1800 ms), nothing goes down;
 * FRR's ``shutdown`` of the bfd peer: cgwd sees AdminDown (RFC 5882 3.2: not a path failure),
   so BGP is left alone at both ends (FRR's bgpd does not tear down on AdminDown either) and
-  the session comes back Up on ``no shutdown`` without a BGP reset;
+  the session comes back Up on ``no shutdown`` without a BGP reset, also with bfdd in
+  ``passive-mode`` (it waits for cgwd's first packet);
 * ``bfd = false`` by reload: cgwd's AdminDown makes FRR 8.4's bgpd reset the BGP session once
   (it counts any Down from Up, AdminDown included: FRR's behaviour, printed);
 * FRR drops BFD (``no neighbor X bfd``): bfdd signals Down, not AdminDown, and deletes the
@@ -224,9 +225,23 @@ def test_lan_bfd_with_frr_bfdd(lab_factory):
     n = _neighbor(lab)
     assert n["state"] == "established" and abs(n["uptime_since"] - up_since) < 0.5 and n["bfd"]["ups"] == 4, n
     assert _frr_sessions(frr) == frr_up
+    # FRR passive (it waits for our first packet): restarted by shutdown / no shutdown, Up again
+    ups = n["bfd"]["ups"]
+    frr.configure("bfd", key, "passive-mode", "shutdown", daemon="bfdd")
+    wait_for(lambda: _neighbor(lab)["bfd"].get("remote_state") == "admindown", 10, interval=0.1,
+             what="FRR's AdminDown again")
+    t4 = time.monotonic()
+    frr.configure("bfd", key, "no shutdown", daemon="bfdd")
+    wait_for(lambda: _neighbor(lab)["bfd"]["state"] == "up" and _frr_bfd(frr).get("status") == "up", 15,
+             interval=0.1, what="BFD Up with FRR passive")
+    print(f"FRR passive-mode: Up {time.monotonic() - t4:.1f} s after its no shutdown (our slow rate: 1 s)")
+    assert _frr_bfd(frr).get("passive-mode") is True and _neighbor(lab)["bfd"]["ups"] == ups + 1
+    n = _neighbor(lab)
+    assert n["state"] == "established" and abs(n["uptime_since"] - up_since) < 0.5 and _frr_sessions(frr) == frr_up
+    frr.configure("bfd", key, "no passive-mode", daemon="bfdd")
     frr.configure("bfd", f"no {key}", daemon="bfdd")     # back to bgpd's own session (no configured peer)
     time.sleep(1)
-    assert _frr_bfd(frr).get("status") == "up" and _neighbor(lab)["bfd"]["ups"] == 4
+    assert _frr_bfd(frr).get("status") == "up" and _neighbor(lab)["bfd"]["ups"] == ups + 1
 
     # bfd = false by reload: cgwd tells FRR AdminDown before it stops the session
     with open(config) as f:
