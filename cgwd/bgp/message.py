@@ -13,6 +13,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from ..routing.source import LearnedPath
+
 MARKER = b"\xff" * 16
 HEADER_LEN = 19
 MAX_MESSAGE_LEN = 4096
@@ -160,6 +162,9 @@ class Route:
         """AWS's tunnel choice: shortest AS_PATH (AS_SET counts 1), then lowest MED
         (compared always, missing = 0)."""
         return (as_path_length(self.as_path), self.med or 0)
+
+    def learned_path(self) -> LearnedPath:
+        return LearnedPath(self.as_path, self.origin, self.atomic_aggregate, self.aggregator)
 
     def describe(self) -> dict:
         return {"source": "bgp", "bgp_next_hop": self.next_hop, "as_path": self.as_path_list(),

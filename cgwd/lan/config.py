@@ -13,6 +13,7 @@ VPN connections the box runs); ``vpns`` says which VPN connections it serves (de
     hold_time = 90                      # 0 or 3-65535 seconds
     passive = false                     # true: wait for the router to connect
     vpns = ["vpc-a"]                    # default: every VPN connection
+    as_path = "aws"                     # the VPC prefixes carry AWS's AS path; "originate": ours only
     prepend = 2                         # eBGP: extra copies of local_asn on what we announce (0-10)
     med = 50                            # MULTI_EXIT_DISC on what we announce (default: none)
     max_prefix = 10000                  # accepted prefixes kept; more are refused (counted)
@@ -27,6 +28,15 @@ when it lies inside one rule's prefix with a length in the rule's range: no ``ge
 the exact prefix only; ``le M`` lengths up to M; ``ge N`` lengths N to the family's
 maximum; both: N to M (FRR's prefix-list semantics). Link-local, multicast, loopback and
 the default route (unless a rule is exactly ``0.0.0.0/0`` or ``::/0``) are never accepted.
+
+``as_path`` says what path the VPC prefixes carry to the router. ``"aws"`` (the default): the
+AS_PATH (and ORIGIN) the best route was learned with from AWS, as a router doing this job
+passes it on: on eBGP the session puts ``local_asn`` in front (plus ``prepend`` copies), so
+the router sees ``local_asn aws_asn``; on iBGP it goes unchanged. ``"originate"``: cgwd's own
+path only (``local_asn`` and the prepend; empty on iBGP). A static VPN's prefixes have no
+learned path: they are originated either way. A router whose ASN is AWS's (64512 is AWS's
+default and common on-prem) would drop AWS's path as a loop: that is refused here, with
+``"originate"`` as the fix.
 """
 from __future__ import annotations
 
@@ -36,21 +46,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import (_NAME_RE, ConfigChange, _Bad, _bool, _diff, _get, _int, _list_of, _str,
-                      _tname)
+from ..config import (_NAME_RE, ConfigChange, _Bad, _bool, _choice, _diff, _get, _int, _list_of,
+                      _str, _tname)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LAN_KEYS = {"name", "address", "local_address", "remote_asn", "local_asn", "password", "password_file",
             "hold_time", "passive", "vpns", "import", "max_prefix", "summarise", "bfd", "bfd_interval_ms",
-            "bfd_multiplier", "prepend", "med"}
+            "bfd_multiplier", "prepend", "med", "as_path"}
 DEFAULT_HOLD_TIME = 90
 DEFAULT_MAX_PREFIX = 10000   # accepted prefixes kept per router; more are refused (counted), never a reset
 MD5_MAX_KEY = 80
 DEFAULT_BFD_INTERVAL_MS = 300   # BFD desired TX = required RX (RFC 5880); detection = x multiplier
 DEFAULT_BFD_MULTIPLIER = 3
 MAX_PREPEND = 10             # as for a [[vpn]]'s prepend
+AS_PATH_AWS = "aws"          # the VPC prefixes carry the AS path learned from AWS
+AS_PATH_ORIGINATE = "originate"   # cgwd announces them as their originator
+AS_PATH_MODES = (AS_PATH_AWS, AS_PATH_ORIGINATE)
 _RULE_RE = re.compile(r"^\s*(\S+)((?:\s+(?:ge|le)\s+\d+)*)\s*$")
 _BOUND_RE = re.compile(r"(ge|le)\s+(\d+)")
 _NEVER4 = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "224.0.0.0/4", "127.0.0.0/8", "240.0.0.0/4")]
@@ -157,6 +170,7 @@ class LanNeighborConfig:
     bfd_multiplier: int = DEFAULT_BFD_MULTIPLIER
     prepend: int = 0                    # extra copies of local_asn on our announcements (eBGP only)
     med: int | None = None              # MULTI_EXIT_DISC on our announcements (None: not sent)
+    as_path: str = AS_PATH_AWS          # "aws": carry AWS's path; "originate": ours only
     password: bytes = field(default=b"", repr=False)
     password_source: str = field(default="", compare=False)   # "", "inline" or the file's path
 
@@ -166,13 +180,13 @@ class LanNeighborConfig:
 
     def changes(self, new: "LanNeighborConfig") -> ConfigChange:
         """In place: the import filter, the VPNs served, the limits, what our announcements carry
-        (prepend, MED: re-sent at once) and BFD (on/off, intervals: a Poll Sequence); anything else
+        (prepend, MED, as_path: re-sent at once) and BFD (on/off, intervals: a Poll Sequence); anything else
         restarts the session."""
         return _lan_diff(self, new)
 
 
 LAN_IN_PLACE = frozenset({"import_filter", "vpns", "max_prefix", "summarise", "bfd", "bfd_interval_ms",
-                          "bfd_multiplier", "prepend", "med"})
+                          "bfd_multiplier", "prepend", "med", "as_path"})
 LAN_RESTART = frozenset({"address", "local_address", "remote_asn", "local_asn", "hold_time", "passive",
                          "password"})
 
@@ -345,11 +359,23 @@ def parse_lan_neighbors(c, raw: Any, vpns: list, base_dir: str | None = None) ->
         if prepend and local_asn and local_asn == remote_asn:
             c.err(t, "prepend", f"prepend = {prepend} on an iBGP session (remote_asn = local_asn = {local_asn}): "
                   "the router would find its own AS in the path and drop the routes; use med instead")
+        as_path = _get(c, t, d, "as_path", lambda v: _choice(v, AS_PATH_MODES), AS_PATH_AWS)
+        if as_path == AS_PATH_AWS and remote_asn:
+            for v in served:
+                vpn = names.get(v)
+                if vpn is not None and vpn.routing == "bgp" and vpn.remote_asn == remote_asn:
+                    given = "as_path = \"aws\"" if "as_path" in d else "as_path (default \"aws\")"
+                    c.err(t, "as_path", f"{given} carries AWS's AS path, which starts with AS{remote_asn} "
+                          f"(remote_asn of [[vpn]] {v!r}), and the router is AS{remote_asn} too: it would find "
+                          "its own ASN in the path and drop every VPC prefix as a loop. Set "
+                          "as_path = \"originate\" (cgwd announces them as its own), or peer from another ASN")
+                    break
         if len(c.errors) != n0 or addr is None or local is None:
             continue
         out.append(LanNeighborConfig(name=name, address=addr, local_address=local, remote_asn=remote_asn,
                                      local_asn=local_asn, import_filter=filt, hold_time=hold, passive=passive,
                                      vpns=tuple(served), max_prefix=max_prefix, summarise=tuple(summarise),
                                      bfd=bfd, bfd_interval_ms=bfd_iv, bfd_multiplier=bfd_mult,
-                                     prepend=prepend, med=med, password=key, password_source=src))
+                                     prepend=prepend, med=med, as_path=as_path, password=key,
+                                     password_source=src))
     return tuple(out)

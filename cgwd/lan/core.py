@@ -3,8 +3,10 @@
 ``LanExchange`` holds two views and answers two questions:
 
 * **to the LAN**: the VPC prefixes each VPN connection's tunnels carry now (fed from the
-  routing tables' selection: a prefix is carried while a tunnel that is up has a route for it)
-  -> :meth:`LanExchange.to_lan` (a router gets the union over the VPN connections it serves);
+  routing tables' selection: a prefix is carried while a tunnel that is up has a route for it),
+  each with the path its selected route was learned with (AWS's AS_PATH; none for a static
+  VPN) -> :meth:`LanExchange.to_lan` (a router gets the union over the VPN connections it
+  serves; ``as_path`` on the neighbor says whether that path is carried or cgwd originates);
 * **to AWS**: the prefixes each router gave and its import filter accepted, in the order they
   were first accepted -> :meth:`LanExchange.to_aws` for one tunnel: the prefixes of the
   VPN's family from the routers serving it, minus those already in ``advertise``, cut to the
@@ -18,7 +20,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Mapping
 
+from ..bgp.message import as_path_length
+from ..routing.source import LearnedPath
 from .config import ImportFilter
 
 
@@ -64,16 +69,17 @@ def canonical(prefix: str) -> str:
 
 class LanExchange:
     def __init__(self) -> None:
-        self.carried: dict[str, set[str]] = {}        # VPN -> prefixes a tunnel carries now
+        self.carried: dict[str, dict[str, LearnedPath]] = {}   # VPN -> prefix a tunnel carries now -> its path
         self._carriers: dict[str, int] = {}           # prefix -> how many VPNs carry it
         self.routers: dict[str, _Learned] = {}
         self._seq: dict[str, int] = {}                # prefix -> order of first acceptance
         self._next = 0
 
     # ------------------------------------------------------------ the VPN side
-    def set_carried(self, vpn: str, prefixes) -> bool:
-        """The VPN's carried prefixes are exactly ``prefixes``; True when that changed."""
-        new = {canonical(p) for p in prefixes}
+    def set_carried(self, vpn: str, carried: Mapping[str, LearnedPath]) -> bool:
+        """The VPN carries exactly the prefixes of ``carried``, each with the path its selected
+        route was learned with; True when that changed."""
+        new = {canonical(p): lp for p, lp in carried.items()}
         if self.carried.get(vpn) == new:
             return False
         for p in self.carried.get(vpn, ()):
@@ -104,21 +110,26 @@ class LanExchange:
                 return sup
         return None
 
-    def selection_changed(self, vpn: str, prefixes, selected) -> bool:
-        """``prefixes`` changed selection; ``selected`` holds the ones carried now."""
-        cur = self.carried.setdefault(vpn, set())
-        changed = False
-        for p in prefixes:
-            if p in selected:
-                if p not in cur:
-                    cur.add(p)
+    def selection_changed(self, vpn: str, changed: Mapping[str, LearnedPath | None]) -> bool:
+        """The selection of ``changed``'s prefixes moved: each is carried now with that learned
+        path, or (None) no longer carried. True when what the routers are sent changes: a
+        prefix came or went, or its path differs (a failover to a tunnel that learned the same
+        path changes nothing, so nothing is re-sent)."""
+        cur = self.carried.setdefault(vpn, {})
+        moved = False
+        for p, lp in changed.items():
+            old = cur.get(p)
+            if lp is not None:
+                if old is None:
                     self._carriers[p] = self._carriers.get(p, 0) + 1
-                    changed = True
-            elif p in cur:
-                cur.discard(p)
+                if old != lp:
+                    cur[p] = lp
+                    moved = True
+            elif old is not None:
+                del cur[p]
                 self._uncount(p)
-                changed = True
-        return changed
+                moved = True
+        return moved
 
     def drop_vpn(self, vpn: str) -> bool:
         gone = self.carried.pop(vpn, None)
@@ -126,12 +137,17 @@ class LanExchange:
             self._uncount(p)
         return gone is not None
 
-    def to_lan(self, vpns) -> list[str]:
-        """What a router serving ``vpns`` is sent: every prefix one of them carries now."""
-        out: set[str] = set()
+    def to_lan(self, vpns) -> dict[str, LearnedPath]:
+        """What a router serving ``vpns`` is sent: every prefix one of them carries now, with
+        its learned path; a prefix two of them carry takes the shorter AS path (the first of
+        ``vpns`` on a tie), as a router choosing between them would."""
+        out: dict[str, LearnedPath] = {}
         for v in vpns:
-            out |= self.carried.get(v, set())
-        return sorted(out, key=_sort_key)
+            for p, lp in self.carried.get(v, {}).items():
+                have = out.get(p)
+                if have is None or as_path_length(lp.as_path) < as_path_length(have.as_path):
+                    out[p] = lp
+        return {p: out[p] for p in sorted(out, key=_sort_key)}
 
     # ------------------------------------------------------------ the LAN side
     def add_router(self, name: str, vpns, import_filter: ImportFilter, max_prefix: int | None = None,

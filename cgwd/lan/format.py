@@ -25,6 +25,8 @@ def format_lan(lan: dict, now: float) -> list[str]:
         up = n.get("uptime_since")
         since = f" for {int(now - up)}s" if up and n.get("state") == "established" else ""
         md5 = ", MD5" if n.get("md5") else ""
+        if n.get("as_path"):
+            md5 += f", as_path {n['as_path']}"      # the VPC prefixes: AWS's path, or originated
         if n.get("prepend"):
             md5 += f", prepend {n['prepend']}"     # what our announcements carry
         if n.get("med") is not None:
@@ -40,6 +42,10 @@ def format_lan(lan: dict, now: float) -> list[str]:
             out.append(f"    refused {len(refused)}: " + _some(f"{p} ({why})" for p, why in refused.items()))
         sent = n.get("sent") or []
         out.append(f"    we sent {len(sent)} (next hop {n.get('local_address')}): {_some(sent)}")
+        looped = n.get("looped") or []
+        if looped:
+            out.append(f"    ! {len(looped)} carry AS{n.get('remote_asn')} in their AS path (from AWS): the router "
+                       f"drops them as loops (as_path = \"originate\" sends them as ours): {_some(looped)}")
     for tunnel, p in (lan.get("to_aws") or {}).items():
         if not p.get("sent") and not p.get("held"):
             continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from ..bgp.md5 import md5_supported
 from ..bgp.message import AS_SEQUENCE, Route
@@ -28,11 +28,12 @@ from ..bgp.session import (BgpPeerConfig, BgpSession, RoutesReceived, SessionDow
                            derive_router_id)
 from ..bgp.speaker import BgpSpeaker
 from ..config import TunnelConfig
+from ..routing.source import ORIGINATED, LearnedPath
 from ..routing.table import RoutingSettings
 from ..seams import PartState, Reconfigured
 from ..tunnel.bgp_part import _wall, exports
 from .bfd import LanBfd
-from .config import LAN_IN_PLACE, LanNeighborConfig
+from .config import AS_PATH_AWS, LAN_IN_PLACE, LanNeighborConfig
 from .core import AwsPlan, LanExchange, Verdict
 
 log = logging.getLogger("cgwd")
@@ -119,8 +120,8 @@ class LanNeighbor:
         self._state = PartState.DOWN
 
     def reconfigure(self, cfg: LanNeighborConfig, changed: frozenset[str]) -> Reconfigured:
-        """Import filter, VPNs served, prepend and MED apply in place (LanBgp recomputes and
-        re-sends); anything else needs a new session."""
+        """Import filter, VPNs served, prepend, MED and as_path apply in place (LanBgp recomputes
+        and re-sends); anything else needs a new session."""
         restart = tuple(sorted(changed - LAN_IN_PLACE))
         if restart:
             return Reconfigured(restart=restart)
@@ -128,17 +129,25 @@ class LanNeighbor:
         self.bfd.reconfigure(cfg)
         return Reconfigured(applied=tuple(sorted(changed & LAN_IN_PLACE)))
 
-    def set_exports(self, prefixes) -> None:
-        """Announce exactly ``prefixes`` of the session's family to the router (next hop: our
-        LAN address; an IPv4 session carries IPv4 prefixes only, an IPv6 one IPv6), with the
-        configured prepend and MED (a change of either re-sends every prefix)."""
+    def set_exports(self, carried: Mapping[str, LearnedPath]) -> None:
+        """Announce exactly ``carried``'s prefixes of the session's family to the router (next
+        hop: our LAN address; an IPv4 session carries IPv4 prefixes only, an IPv6 one IPv6),
+        with the path ``as_path`` says (AWS's learned path or ours), the configured prepend and
+        MED. What changed is re-sent; a prefix whose attributes are equal is not."""
         v6 = self.cfg.address.version == 6
-        self.session.set_exports(lan_routes([p for p in prefixes if (":" in p) == v6], self.cfg))
+        self.session.set_exports(lan_routes({p: lp for p, lp in carried.items() if (":" in p) == v6}, self.cfg))
         if self.speaker is not None:
             self.speaker.announce([])      # pump: the UPDATEs leave now
 
     def sent(self) -> list[str]:
         return sorted(r.prefix for r in self.session.advertised())
+
+    def looped(self) -> list[str]:
+        """What the router was sent with its own ASN in the AS path (a path AWS sent that
+        holds it further along, which the config check cannot see): the router drops these
+        as loops (RFC 4271 9.1.2); status says so, ``as_path = "originate"`` sends them."""
+        asn = self.cfg.remote_asn
+        return sorted(r.prefix for r in self.session.advertised() if asn in r.as_path_list())
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, SessionUp):
@@ -163,18 +172,39 @@ class LanNeighbor:
             "hold_time": st.get("hold_time", c.hold_time), "passive": c.passive,
             "md5": bool(c.password), "vpns": list(c.vpns), "import": c.import_filter.to_config(),
             "max_prefix": c.max_prefix, "summarise": [str(p) for p in c.summarise],
-            "prepend": c.prepend, "med": c.med,
+            "prepend": c.prepend, "med": c.med, "as_path": c.as_path,
             "messages_in": st.get("messages_in"), "messages_out": st.get("messages_out"),
             "last_error": self.last_error or st.get("last_error") or None,
             "bfd": self.bfd.status(),
         }
 
 
-def lan_routes(prefixes, c: LanNeighborConfig) -> list[Route]:
-    """What a router is sent: ``prefixes`` with ``prepend`` extra copies of our ASN (the
-    session adds the one copy itself on eBGP) and ``med``; the next hop is the session's."""
-    path = ((AS_SEQUENCE, (c.local_asn,) * c.prepend),) if c.prepend > 0 else ()
-    return [Route(p, None, path, med=c.med) for p in prefixes]
+def lan_routes(carried: Mapping[str, LearnedPath], c: LanNeighborConfig) -> list[Route]:
+    """What a router is sent: ``carried``'s prefixes and ``med``; the next hop is the session's.
+
+    The path: with ``as_path = "aws"`` the one the prefix was learned with (AWS's AS_PATH,
+    ORIGIN, ATOMIC_AGGREGATE/AGGREGATOR if AWS set them) behind ``prepend`` copies of our ASN;
+    with ``"originate"``, or for a prefix with no learned path (a static VPN's), the prepend
+    copies alone (ORIGIN IGP). On eBGP the session adds the one copy of our ASN itself; on
+    iBGP it adds nothing (and prepend is refused there), so the path goes unchanged."""
+    pre = (c.local_asn,) * c.prepend
+    out = []
+    for p, lp in carried.items():
+        if c.as_path != AS_PATH_AWS:
+            lp = ORIGINATED
+        out.append(Route(p, None, prepend_path(pre, lp.as_path), lp.origin, c.med,
+                         atomic_aggregate=lp.atomic_aggregate, aggregator=lp.aggregator))
+    return out
+
+
+def prepend_path(asns: tuple[int, ...], path: tuple) -> tuple:
+    """``asns`` in front of ``path`` (segments): into its first AS_SEQUENCE, or a new one before
+    an AS_SET (the encoder splits segments over 255 ASes)."""
+    if not asns:
+        return path
+    if path and path[0][0] == AS_SEQUENCE:
+        return ((AS_SEQUENCE, asns + tuple(path[0][1])),) + tuple(path[1:])
+    return ((AS_SEQUENCE, asns),) + tuple(path)
 
 
 def interface_towards(address: str) -> str | None:
@@ -226,7 +256,7 @@ class LanBgp:
         self.detach(vpn)
         self.tables[vpn] = table
         table.listeners.append(self._on_selection)
-        if self.exchange.set_carried(vpn, table.rib.selected):
+        if self.exchange.set_carried(vpn, table.rib.carried()):
             self.refresh_lan({vpn})
 
     def detach(self, vpn: str) -> None:
@@ -237,7 +267,9 @@ class LanBgp:
             self.refresh_lan({vpn})
 
     def _on_selection(self, table, prefixes) -> None:
-        if self.exchange.selection_changed(table.name, prefixes, table.rib.selected):
+        if not self.neighbors:
+            return        # no router to tell: add() reads every table afresh
+        if self.exchange.selection_changed(table.name, table.rib.learned_paths(prefixes)):
             self.refresh_lan({table.name})
             if any(r.accepted for r in self.exchange.routers.values()):
                 for name in self.neighbors:     # what the VPC now carries may shadow LAN prefixes
@@ -331,6 +363,9 @@ class LanBgp:
     # ------------------------------------------------------------ life cycle
     def add(self, cfg: LanNeighborConfig) -> LanNeighbor:
         """A router's neighbor, its session loaded with what it is to be sent (not started)."""
+        if not self.neighbors:          # the tables were not followed while no router was configured
+            for vpn, table in self.tables.items():
+                self.exchange.set_carried(vpn, table.rib.carried())
         n = LanNeighbor(cfg, self._on_event)
         self.neighbors[cfg.name] = n
         self.exchange.add_router(cfg.name, cfg.vpns, cfg.import_filter, cfg.max_prefix, cfg.summarise)
@@ -397,7 +432,7 @@ class LanBgp:
         neighbors = []
         for n in self.neighbors.values():
             r = ex.routers.get(n.name)
-            neighbors.append({**n.status(), "sent": n.sent(),
+            neighbors.append({**n.status(), "sent": n.sent(), "looped": n.looped(),
                               "received": sorted(r.accepted) if r else [],
                               "refused": dict(sorted(r.refused.items())) if r else {},
                               "refused_total": r.refused_total if r else 0,

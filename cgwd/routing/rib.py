@@ -32,6 +32,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..bgp.policy import MAX_PREFIX_ACTIONS, ImportPolicy
+from .source import LearnedPath
 
 log = logging.getLogger("cgwd.routing.rib")
 
@@ -56,9 +57,18 @@ class RibChanges:
     remove: list = field(default_factory=list)    # prefixes
     guard_add: set = field(default_factory=set)     # prefixes to keep unreachable (fail closed)
     guard_remove: set = field(default_factory=set)  # prefixes no longer guarded
+    #: prefixes whose selected next hops stayed but whose selected route was replaced (a new
+    #: AS path from the same tunnel): nothing for the kernel, but the LAN side re-reads the
+    #: path it passes on (not counted in ``bool()``, which says whether the kernel has work)
+    updated: set = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.add or self.replace or self.remove or self.guard_add or self.guard_remove)
+
+    def selection_touched(self) -> list:
+        """Every prefix whose selection or selected route changed (the listeners' feed)."""
+        return [*self.add, *self.replace, *self.remove, *(p for p in self.updated
+                                                           if p not in self.add and p not in self.replace)]
 
     def merge(self, other: "RibChanges") -> "RibChanges":
         """Combine two successive change sets into one equivalent set."""
@@ -86,6 +96,7 @@ class RibChanges:
             if p in self.guard_add:
                 self.guard_add.discard(p)
             self.guard_remove.add(p)
+        self.updated |= other.updated
         return self
 
 
@@ -276,6 +287,7 @@ class Rib:
         """
         t = self._tunnel(name)
         touched = []
+        replaced = []          # accepted before, now with other attributes
         action = None
         rib_in, paths, stale, refused = t.rib_in, self._paths, t.stale, t.refused
         for p in withdrawn:
@@ -317,6 +329,9 @@ class Rib:
                     action = "reset"
                     break
             refused.pop(p, None)
+            old = rib_in.get(p)
+            if old is not None and old != r:
+                replaced.append(p)
             rib_in[p] = r
             stale.discard(p)
             d = paths.get(p)
@@ -329,7 +344,11 @@ class Rib:
                 self._learn(p, ch)
         if action == "reset":
             return ch.merge(self._clear(t)), action
-        return ch.merge(self._recompute(touched)), action
+        ch.merge(self._recompute(touched))
+        for p in replaced:
+            if p not in ch.add and p not in ch.replace and any(nh.tunnel == name for nh in self.selected.get(p, ())):
+                ch.updated.add(p)
+        return ch, action
 
     def offer(self, name: str, routes) -> RibChanges:
         """Tunnel ``name`` now offers exactly ``routes`` (configured routes, e.g. static)."""
@@ -504,6 +523,29 @@ class Rib:
                     row["nexthop"] = row.get("bgp_next_hop")
                 out.append(row)
         return out
+
+    def learned_path(self, prefix: str) -> LearnedPath | None:
+        """The path the selected route for ``prefix`` was learned with (the first of the
+        selected tunnels: the best, or with ECMP the lowest index), or None when no tunnel
+        carries it now."""
+        sel = self.selected.get(prefix)
+        if not sel:
+            return None
+        return self._paths[prefix][sel[0].tunnel].learned_path()
+
+    def learned_paths(self, prefixes) -> dict[str, LearnedPath | None]:
+        """``learned_path`` of each of ``prefixes`` (the LAN side's feed after a change)."""
+        sel, paths = self.selected, self._paths
+        out = {}
+        for p in prefixes:
+            nhs = sel.get(p)
+            out[p] = paths[p][nhs[0].tunnel].learned_path() if nhs else None
+        return out
+
+    def carried(self) -> dict[str, LearnedPath]:
+        """Every prefix a tunnel carries now with the path its selected route was learned with."""
+        paths = self._paths
+        return {p: paths[p][sel[0].tunnel].learned_path() for p, sel in self.selected.items()}
 
     def tunnel_routes(self, name: str) -> list:
         """What tunnel ``name`` offers now (accepted routes)."""

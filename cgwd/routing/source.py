@@ -8,7 +8,27 @@ configured prefixes, through :meth:`RoutingTable.offer`), each with a preference
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
+
+
+class LearnedPath(NamedTuple):
+    """The path attributes a route was learned with, which cgwd passes on when it announces
+    the prefix further (to a LAN router with ``as_path = "aws"``).
+
+    ``as_path`` holds BGP's segments ``((segment_type, (asn, ...)), ...)`` as the peer sent
+    them; ``()`` for a route nobody announced (a static route): announcing it further makes
+    cgwd its originator. ``origin`` is BGP's ORIGIN (0 IGP, 1 EGP, 2 INCOMPLETE); the last two
+    are what an aggregating speaker upstream set (RFC 4271 5.1.6-5.1.7): kept, not made up.
+    (A NamedTuple: immutable, compared by value, and cheap to make once per carried prefix.)
+    """
+
+    as_path: tuple = ()
+    origin: int = 0
+    atomic_aggregate: bool = False
+    aggregator: tuple | None = None
+
+
+ORIGINATED = LearnedPath()      # no learned path: whoever announces it further originates it
 
 
 @runtime_checkable
@@ -17,6 +37,9 @@ class OfferedRoute(Protocol):
 
     @property
     def prefix(self) -> str: ...
+
+    def learned_path(self) -> LearnedPath:
+        """The path it was learned with (``ORIGINATED``: none, e.g. a static route)."""
 
     def preference(self) -> tuple:
         """Lower is better; equal preferences share the traffic with ECMP."""

@@ -38,6 +38,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
+from .source import ORIGINATED, LearnedPath
+
 log = logging.getLogger("cgwd.routing.static")
 
 PREF_PRIMARY = 0
@@ -53,6 +55,9 @@ class StaticRoute:
 
     def preference(self) -> tuple:
         return self.pref
+
+    def learned_path(self) -> LearnedPath:
+        return ORIGINATED       # nobody announced it: announced further, cgwd originates it
 
     def describe(self) -> dict:
         return {"source": "static", "as_path": [], "as_path_str": "", "med": None,

@@ -117,7 +117,8 @@ class RoutingTable:
                        configured=settings.static_routes)
         self.limit_handlers: dict = {}          # tunnel -> LimitHandler (BGP session reset)
         #: ``fn(table, prefixes)`` after the selection of ``prefixes`` changed (in
-        #: ``rib.selected`` now: carried by a tunnel; absent: by none): the LAN side's feed
+        #: ``rib.selected`` now: carried by a tunnel; absent: by none) or the selected route
+        #: was replaced (``rib.learned_path(p)`` may differ): the LAN side's feed
         self.listeners: list = []
         self._threaded = threaded and kernel is not None
         self._q: queue.Queue | None = None
@@ -189,8 +190,8 @@ class RoutingTable:
 
     # ------------------------------------------------------------ kernel plumbing
     def _submit(self, ch: RibChanges) -> None:
-        if ch and self.listeners:
-            prefixes = [*ch.add, *ch.replace, *ch.remove]
+        if (ch or ch.updated) and self.listeners:
+            prefixes = ch.selection_touched()
             for fn in list(self.listeners):
                 try:
                     fn(self, prefixes)

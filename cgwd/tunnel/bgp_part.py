@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import logging
 import time
+from typing import Callable
 
 from ..bgp import message as bgpmsg
 from ..bgp.policy import ExportPolicy
@@ -39,9 +40,11 @@ def peer_config(c: TunnelConfig) -> BgpPeerConfig:
 
 
 class BgpPart:
-    def __init__(self, cfg: TunnelConfig, routing: RoutingTable) -> None:
+    def __init__(self, cfg: TunnelConfig, routing: RoutingTable,
+                 on_silent: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.routing = routing
+        self._on_silent = on_silent  # the peer went silent: BGP's hold timer ran out
         self.lan: tuple[str, ...] = ()  # prefixes learned on the LAN (cgwd.lan), sent beside advertise
         self.source = self._source(cfg)
         self.up_since: float | None = None
@@ -164,6 +167,8 @@ class BgpPart:
             self.up_since = None
             self.last_error = ev.reason
             log.warning("tunnel=%s event=bgp-down reason=%s", self.name, ev.reason)
+            if ev.sent and ev.notification and ev.notification[:2] == (4, 0) and self._on_silent is not None:
+                self._on_silent(ev.reason)
 
     def drop_counts(self) -> dict[str, int]:
         return self.source.status()["drops"]

@@ -65,11 +65,12 @@ class Tunnel:
         self.dp = DatapathPart(cfg, datapath_kind, send_udp=endpoint.send_esp, on_event=self._on_datapath_event,
                                child_state=self.ike.child_state, udp_socket=lambda: endpoint.natt_socket)
         # the route source: BGP, or the VPN's static routes (routing = "static")
-        self.routes = (BgpPart(cfg, routing) if cfg.routing == "bgp"
+        self.routes = (BgpPart(cfg, routing, on_silent=self._bgp_silent) if cfg.routing == "bgp"
                        else StaticPart(cfg, routing, index, on_silent=self._health_silent))
         self.nat = {"local_behind_nat": False, "peer_behind_nat": False}
         self.up_since: float | None = None
         self.last_install_error: str | None = None
+        self._silent_rekey_at = float("-inf")  # when BGP's silence last made us rekey
 
     @property
     def name(self) -> str:
@@ -181,6 +182,22 @@ class Tunnel:
             self.dp.remove_all()
             self._lost(f"{reason}; {then}")
         self.ike.peer_unresponsive()
+
+    def _bgp_silent(self, reason: str) -> None:
+        """BGP's hold timer ran out while IKE is up: the peer may have lost the pair without
+        telling us (a peer that deleted it with an ISAKMP SA, or restarted its data path), which
+        no IKEv1 exchange would show until the next rekey, up to an hour later. A fresh phase-2
+        (or Child SA) rekey costs one exchange and repairs that; at most once per hold time."""
+        now = time.monotonic()
+        if not self.dp.pairs or now - self._silent_rekey_at < self.cfg.hold_time:
+            return
+        self._silent_rekey_at = now
+        log.warning("tunnel=%s event=bgp-silent-rekey reason=%s: renewing the IPsec SA (the peer may have "
+                    "lost it)", self.name, reason)
+        try:
+            self.ike.rekey()
+        except Exception:  # noqa: BLE001 - a repair attempt must not take the tunnel down
+            log.exception("tunnel=%s event=bgp-silent-rekey-failed", self.name)
 
     def _on_datapath_event(self, ev) -> None:
         if isinstance(ev, (SaExpiring, SequenceExhausted)):

@@ -196,14 +196,20 @@ def test_bgp_recovers_when_the_peer_rejects_a_connection_and_its_reset_is_lost(l
     lab = lab_factory(tunnels=1)
     proc = bring_up(lab, config(lab))
     t = lab.tunnels[0]
-    drop_rst = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "-j", "DROP"]
-    t.ns.run(["iptables", "-A", *drop_rst])
+    # the disabled BIRD closes each connection cgwd opens: with a RST when cgwd's OPEN was read
+    # first, else with a FIN; neither reaches cgwd, so the connection sits in OpenSent
+    # (the rules go in once cgwd has BIRD's Cease: cgwd waits its idle hold, 5 s, to reconnect)
+    closes = [["OUTPUT", "-p", "tcp", "--tcp-flags", flag, flag, "-j", "DROP"] for flag in ("RST", "FIN")]
     t.bird.birdc("disable", "cgw")
-    # cgwd reconnects; the disabled BIRD rejects; the RST never arrives
-    wait_for(lambda: status(lab)["tunnels"][0]["bgp"]["state"] in ("opensent", "openconfirm"), 30,
+    wait_for(lambda: status(lab)["tunnels"][0]["bgp"]["state"] != "established", 15, interval=0.1,
+             what="cgwd to take BIRD's Cease")
+    for rule in closes:
+        t.ns.run(["iptables", "-A", *rule])
+    wait_for(lambda: status(lab)["tunnels"][0]["bgp"]["state"] in ("opensent", "openconfirm"), 60,
              interval=0.2, what="cgwd's connection to sit in OpenSent")
     time.sleep(3)
-    t.ns.run(["iptables", "-D", *drop_rst])
+    for rule in closes:
+        t.ns.run(["iptables", "-D", *rule])
     t0 = time.monotonic()
     t.bird.birdc("enable", "cgw")
     wait_for(lambda: _tunnel_ready(status(lab), status(lab)["tunnels"][0]["name"]) and t.bird.established("cgw"),

@@ -4,7 +4,9 @@ The on-prem namespace runs BIRD (AS 65010, eBGP with TCP MD5) peering with cgwd'
 address 10.200.0.1. BIRD announces 10.201.1.0/24 (cgwd's import filter allows 10.201.0.0/16
 le 24) and 10.202.0.0/24 (not allowed). Checked in the real peers and the kernels:
 
-* BIRD learns the VPC prefix with cgwd's LAN address as next hop;
+* BIRD learns the VPC prefix with cgwd's LAN address as next hop and the AS path
+  ``cgw_asn aws_asn`` (``as_path = "aws"``); a reload to ``as_path = "originate"`` re-sends it
+  with ``cgw_asn`` alone, in place (no new session);
 * the allowed prefix reaches AWS's BIRD on both endpoints (and the VPC's), the denied one
   does not; a ping from an address of the allowed prefix reaches the VPC host and returns
   (the VPC's reply goes through a tunnel and cgwd routes it to the router that gave it);
@@ -12,7 +14,7 @@ le 24) and 10.202.0.0/24 (not allowed). Checked in the real peers and the kernel
 * both AWS endpoints die: BIRD loses the VPC prefix.
 
 The FRR variant: FRR's bgpd as an iBGP router (cgwd's own AS, TCP MD5): it learns the VPC
-prefix with LOCAL_PREF 100, an empty AS path and cgwd's LAN address as next hop; its allowed
+prefix with LOCAL_PREF 100, AWS's AS path unchanged and cgwd's LAN address as next hop; its allowed
 prefix reaches AWS, the denied one does not; cgwd's shutdown takes the VPC prefix away.
 """
 
@@ -75,16 +77,18 @@ def test_lan_bird_learns_the_vpc_prefix_and_its_allowed_prefix_reaches_aws(lab_f
     lab = lab_factory()
     lab.onprem.ip(f"addr add {SOURCE}/32 dev lo")
     router = _router(lab)
-    proc = start_cgwd(lab, _lan_config(lab))
+    config = _lan_config(lab)
+    proc = start_cgwd(lab, config)
     log_path = os.path.join(lab.workdir, "cgwd.log")
     wait_for(lambda: proc.poll() is not None or cgwd_ready(lab), 60, interval=0.3, what="cgwd tunnels + BGP")
     assert proc.poll() is None, open(log_path).read()[-3000:]
 
-    # the router learns the VPC prefix, next hop cgwd's LAN address, AS path cgwd's ASN
+    # the router learns the VPC prefix, next hop cgwd's LAN address, AS path cgwd's ASN then
+    # AWS's (as_path = "aws", the default: the path cgwd learned from AWS's BIRD)
     wait_for(lambda: lab.spec.vpc_cidr in router.routes("cgw"), 60, interval=0.5, what="BIRD to learn the VPC prefix")
     detail = _route_detail(router, lab.spec.vpc_cidr)
     assert re.search(r"BGP\.next_hop: 10\.200\.0\.1\b", detail), detail
-    assert re.search(rf"BGP\.as_path: {lab.spec.cgw_asn}\s*$", detail, re.M), detail
+    assert re.search(rf"BGP\.as_path: {lab.spec.cgw_asn} {lab.spec.aws_asn}\s*$", detail, re.M), detail
 
     # the allowed prefix reaches AWS's BIRD on both tunnels, the denied one never
     for t in lab.tunnels:
@@ -107,9 +111,27 @@ def test_lan_bird_learns_the_vpc_prefix_and_its_allowed_prefix_reaches_aws(lab_f
     assert n["received"] == [ALLOWED] and list(n["refused"]) == [DENIED]
     assert n["sent"] == [lab.spec.vpc_cidr]
     assert all(st["lan"]["to_aws"][t["name"]]["sent"] == [ALLOWED] for t in st["tunnels"])
+    assert n["as_path"] == "aws"
     text = cgwctl_status(lab)
     assert "LAN neighbors (1):" in text and "core1" in text and "Established" in text, text
+    assert "as_path aws" in text, text
     assert MD5 not in text and MD5 not in str(st) and MD5 not in open(log_path).read()
+
+    # as_path = "originate" by reload: applied in place (the session stays), the router gets the
+    # VPC prefix again with cgwd's ASN alone
+    opens = n["messages_in"]["open"]
+    with open(config) as f:
+        text = f.read()
+    assert text.count(f'password = "{MD5}"\n') == 1, text
+    with open(config, "w") as f:
+        f.write(text.replace(f'password = "{MD5}"\n', f'password = "{MD5}"\nas_path = "originate"\n'))
+    r = run(cgwctl_command("reload", "--socket", f"{lab.workdir}/cgwd.sock"), check=False, timeout=30)
+    assert r.returncode == 0 and "lan:core1 (as_path)" in r.stdout + r.stderr, r.stdout + r.stderr
+    wait_for(lambda: re.search(rf"BGP\.as_path: {lab.spec.cgw_asn}\s*$", _route_detail(router, lab.spec.vpc_cidr),
+                               re.M), 30, interval=0.5, what="BIRD to get the VPC prefix as originated by cgwd")
+    (n,) = cgwctl_status(lab, as_json=True)["lan"]["neighbors"]
+    assert n["as_path"] == "originate" and n["state"] == "established" and n["messages_in"]["open"] == opens, n
+    assert "as_path originate" in cgwctl_status(lab)
 
     # both AWS endpoints die (charon killed, no DELETE): the router loses the VPC prefix
     for t in lab.tunnels:
@@ -197,7 +219,8 @@ def test_lan_frr_ibgp_with_md5(lab_factory):
     assert proc.poll() is None, open(log_path).read()[-3000:]
     r = wait_for(lambda: _frr_path(lab, d, lab.spec.vpc_cidr), 60, interval=0.5, what="FRR to learn the VPC prefix")
     assert r.get("locPrf") == 100, r
-    assert (r.get("aspath") or {}).get("string") in ("", "Local"), r
+    # iBGP: AWS's path as cgwd learned it, no ASN of cgwd's added (as_path = "aws")
+    assert (r.get("aspath") or {}).get("string") == str(lab.spec.aws_asn), r
     assert [h.get("ip") for h in r.get("nexthops") or []] == ["10.200.0.1"], r
     for t in lab.tunnels:
         wait_for(lambda: FRR_ALLOWED in t.bird.routes("cgw"), 30, interval=0.5, what=f"aws{t.index} to learn {FRR_ALLOWED}")

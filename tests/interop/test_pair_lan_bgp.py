@@ -184,7 +184,9 @@ def test_active_standby_fails_over_and_back_then_active_active(pairlan, router, 
 
     # the router prefers box 1 (box 2's path is prepended twice); AWS's side too
     wait_for(lambda: lab.router_next_hops() == {b1.lan}, 30, interval=0.3, what="the router's VPC route via box 1")
-    assert lab.router_as_paths() == ["65000", "65000 65000 65000"], lab.router_as_paths()   # best: box 1's
+    # as_path = "aws" (the default): box 1's path is "65000 64512", box 2's prepended one this
+    aws = lab.spec.aws_asn
+    assert lab.router_as_paths() == [f"65000 {aws}", f"65000 65000 65000 {aws}"], lab.router_as_paths()
     wait_for(lambda: len(vpc_paths(lab)) == 4, 30, interval=0.5, what="the VPC side to learn the on-prem prefix 4 times")
     paths = vpc_paths(lab)
     assert paths == {"aws1": "65000", "aws2": "65000",

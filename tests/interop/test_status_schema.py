@@ -40,6 +40,15 @@ def key_paths(obj, prefix: str = "") -> set[str]:
 
 _DATA_KEYED = {"drops", "counters", "process"}
 
+LAN_NEIGHBOR = """
+[[lan_neighbor]]
+name = "core1"
+address = "{router}"
+local_address = "10.200.0.1"
+remote_asn = 65010
+import = ["10.201.0.0/16 le 24"]
+"""
+
 
 def test_key_paths_collapse_lists_and_data_keyed_maps():
     got = key_paths({"a": [{"b": 1}, {"c": 2}], "drops": {"x": 1}})
@@ -48,7 +57,10 @@ def test_key_paths_collapse_lists_and_data_keyed_maps():
 
 def test_status_json_keeps_every_recorded_key(lab_factory):
     lab = lab_factory()
-    proc = start_cgwd(lab, import_config(lab))
+    config = import_config(lab)
+    with open(config, "a") as f:      # a LAN neighbor (no router answers: its keys are there all the same)
+        f.write(LAN_NEIGHBOR.format(router=lab.spec.onprem_host))
+    proc = start_cgwd(lab, config)
     wait_for(lambda: proc.poll() is not None or cgwd_ready(lab), 45, interval=0.3, what="tunnels up")
     got = key_paths(cgwctl_status(lab, as_json=True))
     if os.environ.get("CGWD_RECORD_STATUS_KEYS"):

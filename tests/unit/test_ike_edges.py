@@ -300,3 +300,27 @@ def test_crossing_main_modes_are_not_taken_for_a_reauthentication():
     assert len(_established_sas(a)) == len(_established_sas(b)) == 2
     assert not a.counters.get("isakmp_superseded") and not b.counters.get("isakmp_superseded")
     assert a.status()["state"] == b.status()["state"] == "established"
+
+
+def test_our_reauthentication_deletes_the_old_isakmp_sa_only_after_a_grace_time():
+    # strongSwan moves the pairs to the new IKE SA in a job of its own after the new SA is up
+    # (adopt_children_job); a DELETE of the old SA that arrives first takes the pairs with it.
+    # So the old SA is deleted REAUTH_DELETE_DELAY after the new one is established, not at once.
+    from cgwd.ike.v1.peer import REAUTH_DELETE_DELAY
+
+    net = make_pair()
+    established(net)
+    a, b = net.a.peer, net.b.peer
+    old = a.current_sa()
+    a.rekey_ike(net.now)
+    net.pump()
+    assert a.current_sa() is not old and old in a.sas and len(_established_sas(b)) == 2
+    assert a.counters["rekeys_ike"] == 1
+    t0 = net.now
+    net.advance(t0 + 1.0)  # the peer's adoption job has had a second at least
+    assert old in a.sas and len(_established_sas(b)) == 2
+    net.advance(t0 + REAUTH_DELETE_DELAY + 0.5)
+    assert old not in a.sas and _established_sas(b) == [b.current_sa()]
+    assert b.current_sa().cookies == a.current_sa().cookies
+    assert not a.counters.get("isakmp_superseded") and not b.counters.get("isakmp_superseded")
+    assert net.ev(net.a, IpsecSaDown) == [] and net.ev(net.b, IpsecSaDown) == []

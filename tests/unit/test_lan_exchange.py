@@ -15,6 +15,7 @@ from cgwd.lan.core import LanExchange
 from cgwd.lan.format import format_lan
 from cgwd.metrics import render_metrics
 from cgwd.lan.part import LanBgp, lan_routing_settings
+from cgwd.routing.source import ORIGINATED
 from cgwd.routing.table import RoutingSettings, RoutingTable
 from cgwd.tunnel.bgp_part import BgpPart
 from unit_config import BASE
@@ -109,7 +110,7 @@ def test_the_vpc_prefix_is_sent_next_hop_self_while_a_tunnel_carries_it_and_with
     s.aws_route(0)
     s.pump()
     r = s.got[VPC]
-    assert r.next_hop == "10.200.0.1" and r.as_path_list() == [65000]
+    assert r.next_hop == "10.200.0.1" and r.as_path_list() == [65000, 64512], "ours, then AWS's"
     s.tunnel(1, True)
     s.aws_route(1)
     s.pump()
@@ -132,7 +133,8 @@ def test_ibgp_routers_get_local_pref_and_no_as_of_ours():
     s.aws_route(0)
     s.pump()
     r = s.got[VPC]
-    assert r.as_path == () and r.local_pref == 100 and r.next_hop == "10.200.0.1"
+    assert r.as_path == AWS_PATH and r.local_pref == 100 and r.next_hop == "10.200.0.1", \
+        "iBGP: AWS's path unchanged, no AS of ours added"
     s.router_announces(["10.50.1.0/24"])       # an iBGP route with an empty AS path is taken
     assert "10.50.1.0/24" in s.to_aws(0)
 
@@ -228,7 +230,7 @@ def test_status_text_and_metrics_show_what_each_side_sent_and_what_is_held():
     s.router_announces(["10.50.1.0/24", "10.50.2.0/24", "10.60.0.0/16"])
     lan = s.lan.status()
     text = "\n".join(format_lan(lan, now=0))
-    assert "core1: 10.200.0.10 AS65010 (eBGP from 10.200.0.1 AS65000)" in text
+    assert "core1: 10.200.0.10 AS65010 (eBGP from 10.200.0.1 AS65000, as_path aws)" in text
     assert "accepted 2: 10.50.1.0/24, 10.50.2.0/24" in text and "refused 1: 10.60.0.0/16 (not in the import filter)" in text
     assert f"we sent 1 (next hop 10.200.0.1): {VPC}" in text
     assert "! 1 held back over the gateway's limit (room 1): 10.50.2.0/24" in text
@@ -325,7 +327,7 @@ def test_shadowed_is_exactly_equal_or_inside_a_carried_prefix(carried, a, plen):
     import ipaddress
     ex = LanExchange()
     nets = {ipaddress.ip_network((b << 24, n), strict=False) for b, n in carried}
-    ex.set_carried("v", [str(n) for n in nets])
+    ex.set_carried("v", {str(n): ORIGINATED for n in nets})
     p = ipaddress.ip_network((a, plen), strict=False)
     got = ex.shadowed(str(p))
     inside = [n for n in nets if p.subnet_of(n)]
@@ -358,7 +360,7 @@ def test_a_router_is_sent_the_prefixes_of_its_sessions_family_only():
     v4 = lan.add(cfg.lan_neighbors[0])
     v6 = lan.add(dataclasses.replace(cfg.lan_neighbors[0], name="core6", address=ipaddress.ip_address("fd00:200::10"),
                                      local_address=ipaddress.ip_address("fd00:200::1")))
-    lan.exchange.set_carried("vpn-0123456789abcdef0", [VPC, "2001:db8:100::/56"])
+    lan.exchange.set_carried("vpn-0123456789abcdef0", {VPC: ORIGINATED, "2001:db8:100::/56": ORIGINATED})
     lan.refresh_lan()
     assert v4.sent() == [VPC] and v6.sent() == ["2001:db8:100::/56"]
     assert not v4.session.export_skipped and not v6.session.export_skipped

@@ -14,6 +14,7 @@ from cgwd.bgp.message import AS_SEQUENCE, Route
 from cgwd.config import parse_config
 from cgwd.lan.format import format_lan
 from cgwd.lan.part import LanBgp, lan_routes
+from cgwd.routing.source import LearnedPath
 from test_lan_exchange import VPC, Site
 from unit_config import BASE
 
@@ -45,7 +46,9 @@ def aws_side(site: Site, i: int) -> dict[str, tuple]:
     return {r.prefix: seen(r) for r in site.parts[i].session.advertised()}
 
 
-ACTIVE, STANDBY = (ASN,), (ASN, ASN, ASN)
+AWS = 64512                       # the AS path AWS announces the VPC with (Site.aws_route)
+ACTIVE, STANDBY = (ASN, AWS), (ASN, ASN, ASN, AWS)      # to the router: ours (+ prepend), then AWS's
+OURS, OURS_STANDBY = (ASN,), (ASN, ASN, ASN)            # to AWS: ours alone
 
 # (step, tunnel, up, the router's view of the VPC prefix on box 1, on box 2)
 STEPS = [
@@ -80,27 +83,28 @@ def test_what_each_box_announces_to_the_lan_and_to_aws_as_tunnels_go_up_and_down
         assert seen(b2.got.get(VPC)) == want2, f"box 2, {step}"
         # towards AWS the tunnel's own prepend/MED applies to advertise and to the LAN's prefixes alike
         for i in (0, 1):
-            assert aws_side(b1, i) == {STATIC: (ACTIVE, None), ONPREM: (ACTIVE, None)}, f"box 1 tun{i + 1}, {step}"
-            assert aws_side(b2, i) == {STATIC: (STANDBY, None), ONPREM: (STANDBY, None)}, f"box 2 tun{i + 1}, {step}"
+            assert aws_side(b1, i) == {STATIC: (OURS, None), ONPREM: (OURS, None)}, f"box 1 tun{i + 1}, {step}"
+            assert aws_side(b2, i) == {STATIC: (OURS_STANDBY, None), ONPREM: (OURS_STANDBY, None)}, \
+                f"box 2 tun{i + 1}, {step}"
     # the on-prem router's choice: the shorter AS path (then the lower MED) is box 1's
     assert min((len(seen(b.got[VPC])[0]), seen(b.got[VPC])[1] or 0, n) for n, b in ((1, b1), (2, b2)))[2] == 1
 
 
 @pytest.mark.parametrize("prepend, med, ibgp, path, got_med", [
-    (0, None, False, (ASN,), None),
-    (1, None, False, (ASN, ASN), None),
-    (2, 50, False, (ASN, ASN, ASN), 50),
-    (10, 0, False, (ASN,) * 11, 0),
-    (0, 4294967295, False, (ASN,), 4294967295),
-    (0, 50, True, (), 50),
-    (0, None, True, (), None),
+    (0, None, False, (ASN, AWS), None),
+    (1, None, False, (ASN, ASN, AWS), None),
+    (2, 50, False, (ASN, ASN, ASN, AWS), 50),
+    (10, 0, False, (ASN,) * 11 + (AWS,), 0),
+    (0, 4294967295, False, (ASN, AWS), 4294967295),
+    (0, 50, True, (AWS,), 50),
+    (0, None, True, (AWS,), None),
 ])
 def test_the_router_receives_the_configured_prepend_and_med(prepend, med, ibgp, path, got_med):
     cfg = box_config(lan_prepend=prepend, lan_med=med, remote_asn=ASN if ibgp else 65010)
     (n,) = cfg.lan_neighbors
     assert (n.prepend, n.med, n.ibgp) == (prepend, med, ibgp)
-    (r,) = lan_routes([VPC], n)
-    assert r.as_path == (((AS_SEQUENCE, (ASN,) * prepend),) if prepend else ()) and r.med == med
+    (r,) = lan_routes({VPC: LearnedPath(((AS_SEQUENCE, (AWS,)),))}, n)
+    assert r.as_path == ((AS_SEQUENCE, (ASN,) * prepend + (AWS,)),) and r.med == med
     b = Site(cfg)
     b.tunnel(0, True)
     b.aws_route(0)
@@ -130,7 +134,7 @@ def test_a_reload_turns_the_standby_active_in_place_and_re_sends_what_it_announc
     back = dataclasses.replace(new, prepend=3, med=7)
     asyncio.run(b2.lan.reconfigure([back]))
     b2.pump()
-    assert seen(b2.got[VPC]) == ((ASN,) * 4, 7)
+    assert seen(b2.got[VPC]) == ((ASN,) * 4 + (AWS,), 7)
 
 
 def test_a_reload_from_the_file_reads_back_prepend_and_med():

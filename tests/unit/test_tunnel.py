@@ -290,3 +290,44 @@ def test_operator_ike_rekey_reaches_the_engine_of_either_version():
         assert asyncio.run(d.handle_control(req))["ok"]
     assert seen == ["rekey-ike", "rekey", "rekey"]
     assert "ipsec" in validate_request({"cmd": "rekey", "tunnel": "tun1", "sa": "both"})
+
+
+def test_bgp_hold_timer_expiry_renews_the_ipsec_sa_once_per_hold_time(monkeypatch):
+    """The peer lost the pair without a word (seen: strongSwan deleting it with the ISAKMP SA
+    a re-authentication replaced): BGP's hold timer is the first to notice, and the tunnel
+    answers with a phase-2 rekey, at most once per hold time; other BGP downs do not."""
+    import types
+
+    from cgwd.bgp.session import SessionDown
+    from cgwd.routing.table import RoutingTable  # noqa: F401 - BgpPart's type
+    from cgwd.tunnel import tunnel as tunnel_mod
+    from cgwd.tunnel.bgp_part import BgpPart
+    from cgwd.tunnel.tunnel import Tunnel
+
+    cfg = parse_config(BASE).tunnels[0]
+    rekeys = []
+    clock = [1000.0]
+    monkeypatch.setattr(tunnel_mod.time, "monotonic", lambda: clock[0])
+    tunnel = types.SimpleNamespace(name="t1", cfg=cfg, dp=types.SimpleNamespace(pairs={1: object()}),
+                                   ike=types.SimpleNamespace(rekey=lambda: rekeys.append(clock[0])),
+                                   _silent_rekey_at=float("-inf"))
+    silent = lambda reason: Tunnel._bgp_silent(tunnel, reason)  # noqa: E731
+    part = BgpPart.__new__(BgpPart)
+    part.cfg, part._on_silent, part.up_since, part.last_error = cfg, silent, None, None
+    hold = SessionDown("hold timer expired", (4, 0, b""), sent=True)
+    part._on_event(hold)
+    assert rekeys == [1000.0]
+    clock[0] += cfg.hold_time - 1
+    part._on_event(hold)
+    assert rekeys == [1000.0]
+    part._on_event(SessionDown("peer sent Cease", (6, 2, b""), sent=False))
+    part._on_event(SessionDown("hold timer expired", (4, 0, b""), sent=False))
+    clock[0] += 2
+    part._on_event(SessionDown("peer sent Cease", (6, 2, b""), sent=False))
+    assert rekeys == [1000.0]
+    part._on_event(hold)
+    assert rekeys == [1000.0, 1000.0 + cfg.hold_time + 1]
+    tunnel.dp.pairs = {}
+    clock[0] += 10 * cfg.hold_time
+    part._on_event(hold)
+    assert len(rekeys) == 2

@@ -114,6 +114,7 @@ class IsakmpSa:
         self.qm: dict[int, QuickMode] = {}
         self.done_mids: set[int] = set()  # message IDs seen (quick mode, informational): its whole life
         self.replaces: IsakmpSa | None = None
+        self.retired_by_us = False  # our re-authentication replaced it: deleted after a grace time
 
     @property
     def established(self) -> bool:

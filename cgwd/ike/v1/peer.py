@@ -57,6 +57,12 @@ PEER_QM_GRACE = 3.0  # seconds the peer that started phase 1 has to start its qu
 # lives this long for the exchanges still under way on it, then we delete it (strongSwan's
 # adopt_children_job deletes the IKE_SAs of a re-authenticating peer 10 s after the new one).
 SUPERSEDED_DELETE_DELAY = 10.0
+# The ISAKMP SA our own re-authentication replaced is deleted this long after the new one is
+# up, not at once: a peer that moves its pairs to the new SA does it after the new SA is
+# established (strongSwan: adopt_children_job, a job of its own), and a DELETE of the old SA
+# that arrives first takes the pairs with it at the peer (seen in the soak: one tunnel's pair
+# gone at AWS's side, 30 s lost until BGP's hold timer ran out and the pair was renegotiated).
+REAUTH_DELETE_DELAY = 3.0
 # Message IDs of one ISAKMP SA are remembered for its whole life (replay protection of quick
 # modes and protected informational exchanges); a peer that sends more than this many is
 # not given more: the SA takes no new exchange and is re-authenticated.
@@ -461,8 +467,8 @@ class IkePeer:
         old = sa.replaces
         if old is not None and old in self.sas:
             self.count("rekeys_ike")
-            self.send_info(old, [DeletePayload(protocol=C.PROTO_ISAKMP, spi_size=16, spis=[old.cookies])])
-            self.remove_sa(old)
+            old.retired_by_us = True
+            self.sched.set_earliest(T.P1_SUPERSEDED, now + REAUTH_DELETE_DELAY, old)
         self._supersede_older(sa, now)
         if sa.initiator and self._started:
             self._ensure_child(sa, now)
@@ -697,9 +703,12 @@ class IkePeer:
             # unfinished ones go with the SA (the peer moved on to the new one)
             self.sched.set(T.P1_SUPERSEDED, now + SUPERSEDED_DELETE_DELAY, sa)
             return
-        log.info("%s: ISAKMP SA %s superseded by the peer's re-authentication: deleting it", self.name,
-                 sa.icookie.hex())
-        self.count("isakmp_superseded")
+        if sa.retired_by_us:
+            log.info("%s: ISAKMP SA %s replaced by our re-authentication: deleting it", self.name, sa.icookie.hex())
+        else:
+            log.info("%s: ISAKMP SA %s superseded by the peer's re-authentication: deleting it", self.name,
+                     sa.icookie.hex())
+            self.count("isakmp_superseded")
         self.send_info(sa, [DeletePayload(protocol=C.PROTO_ISAKMP, spi_size=16, spis=[sa.cookies])])
         self.remove_sa(sa)
 
