@@ -187,6 +187,8 @@ def _lan_bfd_metrics(o: _Out, L: dict, b: dict) -> None:
     o.add("cgwd_lan_bfd_downs_total", "counter", "LAN BFD session transitions from Up to Down", L, b.get("downs", 0))
     o.add("cgwd_lan_bfd_bgp_teardowns_total", "counter", "LAN BGP sessions closed by BFD Down", L,
           b.get("bgp_teardowns", 0))
+    o.add("cgwd_lan_bfd_gate_expiries_total", "counter",
+          "LAN BGP sessions let up without BFD after the gate's limit (hold time)", L, b.get("gate_expiries", 0))
     det = b.get("detection_time_ms")
     if det is not None:
         o.add("cgwd_lan_bfd_detection_time_seconds", "gauge", "LAN BFD negotiated detection time", L, det / 1000)

@@ -5,14 +5,18 @@ configured but has not been Up, BGP may establish on its own. When the BFD sessi
 from Up by a path failure (detection time expired, or the router's Down), the BGP session is
 closed at once with NOTIFICATION Cease / BFD Down (6/10, RFC 9384) and its routes leave as on a
 hold timer expiry (the SessionDown event LanBgp already handles); BGP then stays Idle,
-refusing connections, until BFD is Up again. The router's AdminDown is not a path failure
-(RFC 5882 3.2): BGP is left alone. ``bfd = false`` at reload lifts a gate in place.
+refusing connections, until BFD is Up again, or for at most the session's hold time (90 s when
+it is 0): then BGP is let up without BFD, as before BFD's first Up (FRR's ``bfd strict
+hold-time``). A router that stops BFD without AdminDown (FRR 8.4's bfdd when ``neighbor X bfd``
+is removed: the session is deleted, nothing more is sent) is otherwise indistinguishable from a
+dead path, and the gate would keep BGP down for good. The router's AdminDown is not a path
+failure (RFC 5882 3.2): BGP is left alone. ``bfd = false`` at reload lifts a gate in place.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..bfd.session import BfdDown, BfdParams, BfdUp
 from ..bfd.transport import BfdRunner
@@ -31,19 +35,37 @@ class BfdClient(Protocol):
     speaker: object | None
 
 
+class Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+#: schedules ``callback`` after ``delay`` seconds (the loop's call_later by default)
+CallLater = Callable[[float, Callable[[], None]], Handle]
+
+GATE_LIMIT_NO_HOLD = 90.0       # seconds: the gate's limit on a session with hold time 0
+
+
 def params(cfg: LanNeighborConfig) -> BfdParams:
     return BfdParams.from_ms(cfg.bfd_interval_ms, cfg.bfd_multiplier)
+
+
+def gate_limit(cfg: LanNeighborConfig) -> float:
+    """How long BGP stays held after a BFD Down without BFD coming Up again."""
+    return float(cfg.hold_time) if cfg.hold_time else GATE_LIMIT_NO_HOLD
 
 
 class LanBfd:
     """One router's BFD session and its gate on the router's BGP session."""
 
-    def __init__(self, client: BfdClient) -> None:
+    def __init__(self, client: BfdClient, *, call_later: CallLater | None = None) -> None:
         self.client = client
         self.runner: BfdRunner | None = None
-        self.gated = False               # BGP held Idle since a BFD Down, until BFD is Up
+        self.gated = False               # BGP held Idle since a BFD Down, until BFD is Up (or the limit)
         self.bgp_teardowns = 0
         self.last_teardown_at: float | None = None
+        self.gate_expiries = 0           # gates lifted by the limit, BFD still not Up
+        self._call_later = call_later
+        self._gate_timer: Handle | None = None
 
     @property
     def name(self) -> str:
@@ -63,6 +85,7 @@ class LanBfd:
         if r is not None:
             r.stop()
         self.gated = False
+        self._cancel_gate_timer()
 
     def reconfigure(self, cfg: LanNeighborConfig) -> None:
         """In place: on/off starts/stops the session (off lifts a gate), intervals go to the peer
@@ -96,6 +119,7 @@ class LanBfd:
                 self.last_teardown_at = ev.at
                 self.client.session.hold_down(self._now(), 6, 10, f"BFD Down ({ev.diag.text})")
                 self._pump()
+                self._arm_gate_timer()
         elif isinstance(ev, BfdUp):
             log.info("lan=%s event=bfd-up peer=%s", self.name, self.client.cfg.address)
             if self.gated:
@@ -103,8 +127,28 @@ class LanBfd:
 
     def _release(self) -> None:
         self.gated = False
+        self._cancel_gate_timer()
         self.client.session.restart(self._now())
         self._pump()
+
+    def _arm_gate_timer(self) -> None:
+        self._cancel_gate_timer()
+        call_later = self._call_later or asyncio.get_running_loop().call_later
+        self._gate_timer = call_later(gate_limit(self.client.cfg), self._gate_expired)
+
+    def _cancel_gate_timer(self) -> None:
+        t, self._gate_timer = self._gate_timer, None
+        if t is not None:
+            t.cancel()
+
+    def _gate_expired(self) -> None:
+        self._gate_timer = None
+        if not self.gated:
+            return
+        self.gate_expiries += 1
+        log.warning("lan=%s event=bfd-gate-expired peer=%s after_s=%g: BFD still down, BGP let up without it",
+                    self.name, self.client.cfg.address, gate_limit(self.client.cfg))
+        self._release()
 
     def status(self) -> dict:
         c = self.client.cfg
@@ -113,6 +157,6 @@ class LanBfd:
         st = self.runner.status() if self.runner is not None else {"state": "stopped"}
         p = self.runner.params if self.runner is not None else params(c)     # what runs
         return {"enabled": True, "interval_ms": p.desired_min_tx // 1000, "multiplier": p.detect_mult, **st,
-                "bgp_gated": self.gated, "bgp_teardowns": self.bgp_teardowns,
+                "bgp_gated": self.gated, "bgp_teardowns": self.bgp_teardowns, "gate_expiries": self.gate_expiries,
                 "last_teardown_at": _wall(self.last_teardown_at)}
 

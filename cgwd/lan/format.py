@@ -76,7 +76,9 @@ def format_bfd(b: dict) -> list[str]:
     if b.get("drops"):
         extra.append("drops " + ", ".join(f"{k}={v}" for k, v in b["drops"].items()))
     if b.get("bgp_gated"):
-        extra.append("BGP held down until BFD is Up")
+        extra.append("BGP held down until BFD is Up (at most the hold time)")
+    if b.get("gate_expiries"):
+        extra.append(f"BGP let up without BFD {b['gate_expiries']}x (BFD down past the hold time)")
     if b.get("error"):
         extra.append(f"error: {b['error']}")
     if extra:

@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import ipaddress
 
+import pytest
+
 from cgwd.bfd.codec import BfdState, Diag
 from cgwd.bfd.session import BfdDown, BfdUp
 from cgwd.bgp.session import SessionDown
@@ -92,15 +94,91 @@ def test_status_text_and_metrics():
     b = {"enabled": True, "interval_ms": 300, "multiplier": 3, "state": "up", "remote_state": "up",
          "local_discriminator": 7, "remote_discriminator": 9, "tx_interval_ms": 300.0,
          "detection_time_ms": 900.0, "ups": 2, "downs": 1, "last_down_diag": "control detection time expired",
-         "drops": {"ttl": 4}, "bgp_gated": False}
+         "drops": {"ttl": 4}, "bgp_gated": False, "gate_expiries": 2}
     text = "\n".join(format_bfd(b))
     assert "BFD Up (remote up): discriminators 7/9, tx 300 ms, detection 900 ms" in text
     assert "ups 2, downs 1" in text and "last down: control detection time expired" in text and "ttl=4" in text
+    assert "BGP let up without BFD 2x" in text
     assert format_bfd({"enabled": False}) == []
     o = _Out()
     _lan_bfd_metrics(o, {"neighbor": "core1"}, b)
     out = o.text()
     assert 'cgwd_lan_bfd_state{neighbor="core1",state="up"} 1' in out
     assert 'cgwd_lan_bfd_drops_total{neighbor="core1",reason="ttl"} 4' in out
+    assert 'cgwd_lan_bfd_gate_expiries_total{neighbor="core1"} 2' in out
     assert 'cgwd_lan_bfd_detection_time_seconds{neighbor="core1"} 0.9' in out
     assert BfdState.UP.label == "Up"
+
+
+class _Timers:
+    """call_later for LanBfd: what was scheduled, fired by the test."""
+
+    def __init__(self):
+        self.pending = []
+
+    def __call__(self, delay, callback):
+        h = _Handle(self, delay, callback)
+        self.pending.append(h)
+        return h
+
+    def fire(self):
+        (h,) = self.pending
+        self.pending.remove(h)
+        h.callback()
+
+
+@dataclasses.dataclass(eq=False)
+class _Handle:
+    timers: _Timers
+    delay: float
+    callback: object
+
+    def cancel(self):
+        if self in self.timers.pending:
+            self.timers.pending.remove(self)
+
+
+@pytest.mark.parametrize("hold, limit", [(30, 30.0), (9, 9.0), (0, 90.0)])
+def test_gate_is_lifted_after_the_hold_time_when_bfd_never_returns(hold, limit):
+    """FRR 8.4: `no neighbor X bfd` deletes bfdd's session without an AdminDown, so cgwd sees a
+    detection-time expiry from Up (a path failure). Before: BGP held Idle for good, since BFD is
+    never Up again. Now: after the hold time BGP is let up without BFD; a later Up, then Down,
+    gates it again."""
+    async def main():
+        timers = _Timers()
+        c = _Client(_cfg(hold_time=hold), _Session())
+        g = LanBfd(c, call_later=timers)
+        g._on_event(BfdUp(1.0))
+        g._on_event(BfdDown(2.0, Diag.DETECT_EXPIRED, True, False))
+        assert g.gated and [h.delay for h in timers.pending] == [limit]
+        assert c.session.calls == [("hold_down", 6, 10, "BFD Down (control detection time expired)")]
+        timers.fire()                                   # BFD still down after the limit
+        assert not g.gated and c.session.calls[-1] == ("restart",) and g.gate_expiries == 1
+        assert timers.pending == []
+        g._on_event(BfdDown(3.0, Diag.DETECT_EXPIRED, False, False))   # Init -> Down: no gate
+        assert not g.gated and len(c.session.calls) == 2
+        g._on_event(BfdUp(4.0))                         # BFD back: nothing held, nothing to do
+        assert len(c.session.calls) == 2
+        g._on_event(BfdDown(5.0, Diag.NEIGHBOR_DOWN, True, False))
+        assert g.gated and g.bgp_teardowns == 2 and len(timers.pending) == 1
+        g._on_event(BfdUp(6.0))                         # Up within the limit: released, timer gone
+        assert not g.gated and c.session.calls[-1] == ("restart",) and timers.pending == []
+        assert g.gate_expiries == 1 and g.status()["gate_expiries"] == 1
+
+    asyncio.run(main())
+
+
+def test_gate_timer_goes_with_bfd_off_and_stop():
+    async def main():
+        timers = _Timers()
+        c = _Client(_cfg(), _Session())
+        g = LanBfd(c, call_later=timers)
+        g._on_event(BfdUp(1.0))
+        g._on_event(BfdDown(2.0, Diag.DETECT_EXPIRED, True, False))
+        assert len(timers.pending) == 1
+        c.cfg = _cfg(bfd=False)
+        g.reconfigure(c.cfg)
+        assert timers.pending == [] and not g.gated and c.session.calls[-1] == ("restart",)
+        assert g.gate_expiries == 0
+
+    asyncio.run(main())
