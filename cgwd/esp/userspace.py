@@ -234,16 +234,25 @@ class UserspaceDatapath(Datapath):
         return True
 
     def _deliver_early(self, spi: int, early: _Early) -> None:
-        now = self.clock()
-        fresh = [d for at, d in early.packets if now - at <= EARLY_HOLD]
-        for _ in range(len(early.packets) - len(fresh)):
-            self._drop("unknown_spi")
-        if fresh:
+        self._drop_stale(early, self.clock())
+        if early.packets:
             log.info("%s: %d packet(s) on SPI 0x%08x came before its pair was installed (the peer sent on it "
-                     "before its last quick-mode message reached us): delivered now", self.name, len(fresh), spi)
-        for d in fresh:
+                     "before its last quick-mode message reached us): delivered now", self.name,
+                     len(early.packets), spi)
+        for _at, d in early.packets:
             self.early_delivered += 1
             self._receive(d)
+
+    def _drop_stale(self, early: _Early, now: float) -> None:
+        """Held packets older than EARLY_HOLD (the oldest first: they are held in arrival order)
+        leave as unknown_spi drops."""
+        stale = 0
+        while stale < len(early.packets) and now - early.packets[stale][0] > EARLY_HOLD:
+            stale += 1
+        if stale:
+            del early.packets[:stale]
+            for _ in range(stale):
+                self._drop("unknown_spi")
 
     def _forget_early(self, spi: int) -> None:
         early = self._early.pop(spi, None)
@@ -258,12 +267,8 @@ class UserspaceDatapath(Datapath):
         for spi, early in list(self._early.items()):
             if now > early.until:
                 self._forget_early(spi)
-                continue
-            old = [p for p in early.packets if now - p[0] > EARLY_HOLD]
-            if old:
-                early.packets = early.packets[len(old):]
-                for _ in old:
-                    self._drop("unknown_spi")
+            else:
+                self._drop_stale(early, now)
 
     def _set_out(self, entry: _Entry | None) -> None:
         self._out = entry
