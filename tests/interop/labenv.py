@@ -7,7 +7,27 @@ import os
 import shutil
 
 from cgwd.lab.bird import bird_available
+from cgwd.lab.cli import import_config
 from cgwd.lab.strongswan import charon_available
+
+
+def lan_config(lab, *, remote_asn: int, password: str, hold_time: int = 30, extra: str = "") -> str:
+    """The lab's config imported from AWS's download, plus one [[lan_neighbor]] "core1": the
+    on-prem host as the router, cgwd on 10.200.0.1, the 10.201.0.0/16 le 24 import filter and
+    the MD5 ``password``; ``extra``: more lines of that table. Returns the config's path."""
+    path = import_config(lab)
+    with open(path, "a") as f:
+        f.write(f"""
+[[lan_neighbor]]
+name = "core1"
+address = "{lab.spec.onprem_host}"
+local_address = "10.200.0.1"
+remote_asn = {remote_asn}
+hold_time = {hold_time}
+password = "{password}"
+import = ["10.201.0.0/16 le 24"]
+{extra}""")
+    return path
 
 
 def interop_skip_reason() -> str | None:

@@ -36,9 +36,10 @@ import time
 
 import pytest
 
-from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, import_config, start_cgwd
+from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, start_cgwd
 from cgwd.lab.frr import Frr, FrrConfig, FrrNeighbor, frr_available
 from cgwd.lab.netns import run, wait_for
+from labenv import lan_config
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(frr_available(bfd=True) is not None, reason=str(frr_available(bfd=True)))]
@@ -53,22 +54,8 @@ CGW = "10.200.0.1"
 
 
 def _config(lab) -> str:
-    path = import_config(lab)
-    with open(path, "a") as f:
-        f.write(f"""
-[[lan_neighbor]]
-name = "core1"
-address = "{lab.spec.onprem_host}"
-local_address = "{CGW}"
-remote_asn = {ROUTER_AS}
-hold_time = {HOLD}
-password = "{MD5}"
-import = ["10.201.0.0/16 le 24"]
-bfd = true
-bfd_interval_ms = {BFD_MS}
-bfd_multiplier = {MULT}
-""")
-    return path
+    return lan_config(lab, remote_asn=ROUTER_AS, password=MD5, hold_time=HOLD,
+                      extra=f"bfd = true\nbfd_interval_ms = {BFD_MS}\nbfd_multiplier = {MULT}\n")
 
 
 def _router(lab) -> Frr:

@@ -30,9 +30,10 @@ import subprocess
 import pytest
 
 from cgwd.lab.bird import BgpNeighbor, Bird, BirdConfig
-from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, import_config, start_cgwd
+from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, start_cgwd
 from cgwd.lab.faults import kill_endpoint
 from cgwd.lab.netns import run, wait_for
+from labenv import lan_config
 
 pytestmark = pytest.mark.interop
 
@@ -43,19 +44,7 @@ SOURCE = "10.201.1.10"       # an on-prem address inside the allowed prefix
 
 
 def _lan_config(lab, remote_asn: int = ROUTER_AS) -> str:
-    path = import_config(lab)
-    with open(path, "a") as f:
-        f.write(f"""
-[[lan_neighbor]]
-name = "core1"
-address = "{lab.spec.onprem_host}"
-local_address = "10.200.0.1"
-remote_asn = {remote_asn}
-hold_time = 30
-password = "{MD5}"
-import = ["10.201.0.0/16 le 24"]
-""")
-    return path
+    return lan_config(lab, remote_asn=remote_asn, password=MD5)
 
 
 def _router(lab) -> Bird:
