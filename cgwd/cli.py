@@ -124,7 +124,7 @@ def _socket_path(args) -> str:
 
 
 def _request(args, req: dict) -> tuple[int, dict | None]:
-    from .control import ControlClient, ControlUnavailable
+    from .control_client import ControlClient, ControlUnavailable
 
     try:
         return EXIT_OK, ControlClient(_socket_path(args)).request(req, timeout=args.timeout)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -21,7 +20,9 @@ import socket
 import stat
 from typing import Any, Awaitable, Callable
 
+from .control_client import ControlClient as _BlockingClient
 from .paths import DEFAULT_SOCKET
+from .control_client import ControlUnavailable, dumps_line
 
 __all__ = [
     "COMMANDS",
@@ -45,10 +46,6 @@ class ControlError(Exception):
     """The server could not be started (one line, for the operator)."""
 
 
-class ControlUnavailable(Exception):
-    """The daemon cannot be reached (not running, no permission, no answer)."""
-
-
 def validate_request(req: Any) -> str | None:
     """None if ``req`` is a well-formed request, else the error message."""
     if not isinstance(req, dict):
@@ -65,10 +62,6 @@ def validate_request(req: Any) -> str | None:
     if cmd == "rekey" and req.get("sa", "ipsec") not in ("ipsec", "ike"):
         return "rekey: \"sa\" is \"ipsec\" (default) or \"ike\""
     return None
-
-
-def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, default=str, separators=(",", ":")) + "\n").encode()
 
 
 class ControlServer:
@@ -147,7 +140,7 @@ class ControlServer:
                         await self._answer(writer, e.partial)
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(_dumps({"ok": False, "error": f"request too large (limit {self.max_request} bytes)"}))
+                    writer.write(dumps_line({"ok": False, "error": f"request too large (limit {self.max_request} bytes)"}))
                     await writer.drain()
                     return
                 except (asyncio.TimeoutError, ConnectionError):
@@ -167,7 +160,7 @@ class ControlServer:
 
     async def _answer(self, writer: asyncio.StreamWriter, line: bytes) -> None:
         resp = await self.dispatch(line)
-        writer.write(_dumps(resp))
+        writer.write(dumps_line(resp))
         await writer.drain()
 
     async def dispatch(self, line: bytes) -> dict:
@@ -193,53 +186,8 @@ class ControlServer:
         return resp
 
 
-class ControlClient:
-    """Blocking client for cgwctl (one request per call)."""
-
-    def __init__(self, path: str = DEFAULT_SOCKET):
-        self.path = path
-
-    def request(self, req: dict, timeout: float = 10.0) -> dict:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            try:
-                s.connect(self.path)
-            except FileNotFoundError:
-                raise ControlUnavailable(f"cgwd is not running (no socket at {self.path})") from None
-            except PermissionError:
-                raise ControlUnavailable(f"permission denied on {self.path}: run cgwctl as root (or the user cgwd runs as)") from None
-            except ConnectionRefusedError:
-                raise ControlUnavailable(f"cgwd is not running (stale socket at {self.path})") from None
-            except socket.timeout:
-                raise ControlUnavailable(f"cgwd did not accept the connection on {self.path} within {timeout:g} s") from None
-            except OSError as e:
-                if e.errno == errno.ENOTSOCK or e.errno == errno.ENOTDIR:
-                    raise ControlUnavailable(f"cgwd is not running ({self.path} is not a socket)") from None
-                raise ControlUnavailable(f"cannot connect to {self.path}: {e.strerror}") from None
-            try:
-                s.sendall(_dumps(req))
-                buf = bytearray()
-                while not buf.endswith(b"\n"):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-            except socket.timeout:
-                raise ControlUnavailable(f"cgwd did not answer within {timeout:g} s") from None
-            except OSError as e:
-                raise ControlUnavailable(f"connection to cgwd failed: {e.strerror or e}") from None
-        finally:
-            s.close()
-        if not buf:
-            raise ControlUnavailable("cgwd closed the connection without answering")
-        try:
-            resp = json.loads(buf.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ControlUnavailable("cgwd sent a malformed answer") from None
-        if not isinstance(resp, dict):
-            raise ControlUnavailable("cgwd sent a malformed answer")
-        return resp
+class ControlClient(_BlockingClient):
+    """Blocking client for cgwctl (one request per call), with an asyncio form for tests."""
 
     async def arequest(self, req: dict, timeout: float = 10.0) -> dict:
         """The same from asyncio code (runs the blocking call in a thread)."""

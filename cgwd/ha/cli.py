@@ -74,7 +74,7 @@ def _ha_config(args) -> tuple["HaConfig | None", int]:
 
 
 def cmd_health(args, socket_path: str) -> int:
-    from ..control import ControlClient, ControlUnavailable
+    from ..control_client import ControlClient, ControlUnavailable
     from .health import evaluate, unavailable
 
     try:

@@ -174,3 +174,17 @@ def test_metrics_carry_the_ike_version():
 
     text = render_metrics({"tunnels": [{"name": "t1", "vpn": "v", "ike": {"version": 2, "state": "waiting"}}]})
     assert 'cgwd_ike_state{tunnel="t1",vpn="v",ike_version="2",state="waiting"} 1' in text
+
+
+def test_cgwctl_status_loads_no_event_loop_or_crypto():
+    """`cgwctl status` is what an operator waits for: its start-up stays free of asyncio,
+    cryptography and the daemon's protocol packages (the blocking client lives apart)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cgwd.cli import main\nrc = main(['status', '--socket', '/nonexistent/cgwd.sock'])\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'cryptography', 'pyroute2')\n"
+            "               or m.startswith(('cgwd.ike', 'cgwd.esp', 'cgwd.bgp', 'cgwd.daemon')))\n"
+            "print(rc, heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "3 []", out.stdout + out.stderr
