@@ -19,8 +19,10 @@ matched by sequence number, so every route still gets its own result (EEXIST ->
 conflict, ENODEV -> interface gone, ...).  The messages are compiled by pyroute2
 (``IPBatch``) once per shape (family, prefix length, next hops, command) and only the
 destination address and sequence number are patched per route.  pyroute2's
-per-request path (several hundred microseconds a route) is used for small changes,
-dumps, and when an ``iproute`` or ``netns`` is given (unit-test fakes).
+per-request path (several hundred microseconds a route) is used for small changes and
+when an ``iproute`` or ``netns`` is given (unit-test fakes). Dumps (reconciliation) are read
+from a plain netlink socket, and only our protocol's messages are decoded (by pyroute2's
+``rtmsg``): one dump per family serves both metrics.
 
 Fail closed: ``guard_add``/``guard_remove`` of a change set install/remove an
 ``unreachable`` route per guarded prefix at ``unreachable_metric`` (worse than ``metric``;
@@ -42,6 +44,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import weakref
 
 log = logging.getLogger("cgwd.routing.kernel")
@@ -54,6 +57,7 @@ RTN_UNICAST = 1
 RTN_UNREACHABLE = 7
 
 BATCH_MSGS = 256           # requests per sendmsg(); their ACKs must fit our socket's rcvbuf
+SHARED_SCAN_TTL = 1.0      # seconds a route scan serves the other instances on its table
 BATCH_MIN = 8              # fewer routes than this go through pyroute2's request path
 _NLMSG_ERROR = 2
 _SOL_NETLINK = 270
@@ -185,6 +189,51 @@ class _NetlinkBatcher:
                 sk = self._open()
 
 
+_RTM_GETROUTE = 26
+_NLMSG_DONE = 3
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_RTMSG = struct.Struct("=BBBBBBBBI")   # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RT_TABLE_COMPAT = 252                 # rtm_table when the table id does not fit a byte
+
+
+def _raw_route_dump(fam: int, proto: int, table: int):
+    """RTM_GETROUTE dump of one family on a plain netlink socket; yields pyroute2 ``rtmsg``
+    objects (decoded by pyroute2) for the messages whose header says ``proto`` and whose
+    table byte can be ``table``; the caller still checks the table attribute."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    want_table = table if table < 256 else _RT_TABLE_COMPAT
+    sk = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sk.settimeout(10)
+        sk.bind((0, 0))
+        body = _RTMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
+        sk.send(_HDR.pack(16 + len(body), _RTM_GETROUTE, _NLM_F_REQUEST_DUMP, 1, 0) + body)
+        while True:
+            data = sk.recv(1 << 20)
+            if not data:
+                return
+            off = 0
+            while off + 16 <= len(data):
+                mlen, mtype, _fl, _seq, _pid = _HDR.unpack_from(data, off)
+                if mlen < 16 or off + mlen > len(data):
+                    raise OSError(errno.EBADMSG, "truncated netlink message in a route dump")
+                if mtype == _NLMSG_DONE:
+                    return
+                if mtype == _NLMSG_ERROR:
+                    code = struct.unpack_from("=i", data, off + 16)[0]
+                    raise OSError(-code, f"route dump: {os.strerror(-code)}")
+                if mlen >= 16 + _RTMSG.size:
+                    _f, _d, _s, _t, rtable, rproto, _sc, _ty, _fl2 = _RTMSG.unpack_from(data, off + 16)
+                    if rproto == proto and rtable == want_table:
+                        msg = rtmsg(data[off:off + mlen])
+                        msg.decode()
+                        yield msg
+                off += (mlen + 3) & ~3
+    finally:
+        sk.close()
+
+
 def _off_loop(fn):
     """Run ``fn`` in a helper thread when called from a thread running an asyncio loop.
 
@@ -216,6 +265,12 @@ def _off_loop(fn):
 
 class KernelRoutes:
     _live: "weakref.WeakSet[KernelRoutes]" = weakref.WeakSet()
+    # the shared scan of a (table, protocol) in our namespace (see _dump_raw); the generation
+    # moves whenever any instance sends route changes
+    _scan_lock = threading.Lock()
+    _scans: dict = {}
+    _scan_locks: dict = {}
+    _generation = 0
 
     def __init__(self, table: int = DEFAULT_TABLE, metric: int = DEFAULT_METRIC,
                  proto: int = RTPROT_CGWD, *, netns: str | None = None, iproute=None,
@@ -349,6 +404,8 @@ class KernelRoutes:
         """Run the ops in order (batched when possible) and record their outcome."""
         if not ops:
             return
+        with KernelRoutes._scan_lock:
+            KernelRoutes._generation += 1
         if (self._batch_ok and self._given is None and self.netns is None
                 and len(ops) >= BATCH_MIN):
             try:
@@ -366,6 +423,8 @@ class KernelRoutes:
                 code = getattr(e, "code", None)
                 op.err = code if isinstance(code, int) and code > 0 else errno.EIO
         self.batches += 1
+        with KernelRoutes._scan_lock:
+            KernelRoutes._generation += 1   # again: a scan that overlapped the changes is stale
         logged = 0
         for op in ops:
             if op.err == 0:
@@ -445,49 +504,101 @@ class KernelRoutes:
             self.conflicts.clear()
             self.failed.clear()
 
-    def _dump_raw(self, metric: int):
-        """Our routes (protocol id, table) at ``metric``: (prefix, type, msg) per route."""
+    def _dump_raw(self) -> list[tuple[str, int, int, list]]:
+        """Our routes (protocol id, table) at our two metrics: (prefix, type, metric, hops)
+        per route (hops: [(gateway, oif), ...] sorted), from one dump per family.
+
+        In our own namespace the scan is shared by the instances on the same table and
+        protocol (one per VPN's routing table): each reconciles on the same grid of
+        ``reconcile_interval`` (RoutingTable.maintain), and a scan younger than
+        ``SHARED_SCAN_TTL`` is reused by the others as long as no instance changed a route
+        since it began (a hub of 25 VPN connections read the whole table 25 times a round)."""
+        metrics = (self.metric, self.unreachable_metric)
+        if self._given is not None or self.netns is not None:
+            return [r for r in self._scan_rows(filter_metrics=metrics) if r[2] in metrics]
+        key = (self.table, self.proto)
+        with KernelRoutes._scan_lock:
+            lock = KernelRoutes._scan_locks.setdefault(key, threading.Lock())
+        with lock:   # the instances reconciling in the same round wait for one scan
+            with KernelRoutes._scan_lock:
+                hit = KernelRoutes._scans.get(key)
+                gen = KernelRoutes._generation
+            if hit is None or hit[0] != gen or time.monotonic() - hit[1] >= SHARED_SCAN_TTL:
+                started = time.monotonic()
+                rows = self._scan_rows()
+                if rows is not None:
+                    with KernelRoutes._scan_lock:
+                        KernelRoutes._scans[key] = hit = (gen, started, rows)
+                else:
+                    hit = (gen, started, [])
+        return [r for r in hit[2] if r[2] in metrics]
+
+    def _scan_rows(self, filter_metrics: tuple | None = None) -> list | None:
+        """One dump per family: (prefix, type, metric, hops) of our protocol and table
+        (only at ``filter_metrics`` when given); None when a dump failed (not to be shared)."""
+        rows = []
+        ok = True
         for fam in (socket.AF_INET, socket.AF_INET6):
             try:
-                msgs = self.ipr.route("dump", family=fam, table=self.table)
+                msgs = self._route_dump(fam)
             except Exception as e:
                 log.warning("kernel: route dump failed: %s", e)
+                ok = False
                 continue
             for msg in msgs:
                 if msg.get("proto") != self.proto:
                     continue
                 if (msg.get_attr("RTA_TABLE") or msg.get("table")) != self.table:
                     continue
-                if (msg.get_attr("RTA_PRIORITY") or 0) != metric:
+                metric = msg.get_attr("RTA_PRIORITY") or 0
+                if filter_metrics is not None and metric not in filter_metrics:
                     continue
                 dst = msg.get_attr("RTA_DST") or ("::" if fam == socket.AF_INET6 else "0.0.0.0")
                 prefix = str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
-                yield prefix, msg.get("type", RTN_UNICAST), msg
+                rtype = msg.get("type", RTN_UNICAST)
+                hops = []
+                if rtype in (None, RTN_UNICAST):
+                    mp = msg.get_attr("RTA_MULTIPATH")
+                    if mp:
+                        hops = [(h.get_attr("RTA_GATEWAY"), h.get("oif")) for h in mp]
+                    else:
+                        hops = [(msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"))]
+                rows.append((prefix, rtype, metric, sorted(hops, key=str)))
+        return rows if ok or filter_metrics is not None else None
+
+    def _route_dump(self, fam: int):
+        """The kernel's routes of one family: pyroute2 ``rtmsg`` objects. In our own
+        namespace the dump is read from a plain NETLINK_ROUTE socket and only the messages
+        whose header names our protocol (and table) are decoded by pyroute2's ``rtmsg``:
+        pyroute2's synchronous request path costs ~250 us a route, which made a reconcile
+        of every VPN's table every 30 s the larger part of an idle hub's CPU (bench/scale.py)."""
+        if self._given is not None or self.netns is not None:
+            return self.ipr.route("dump", family=fam, table=self.table)
+        return list(_raw_route_dump(fam, self.proto, self.table))
+
+    def _scan(self) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
+        """(our routes: prefix -> [(gateway, oif), ...], our fail-closed routes)."""
+        routes: dict[str, list] = {}
+        unreachable: set[str] = set()
+        for prefix, rtype, metric, hops in self._dump_raw():
+            if metric == self.unreachable_metric:
+                if rtype == RTN_UNREACHABLE:
+                    unreachable.add(prefix)
+            elif rtype in (None, RTN_UNICAST):
+                routes[prefix] = hops
+        return routes, unreachable
 
     @_off_loop
     def dump(self) -> dict[str, list[tuple[str, int]]]:
         """Our routes in the kernel table: prefix -> [(gateway, oif), ...]."""
-        out: dict[str, list] = {}
         with self._lock:
-            for prefix, rtype, msg in self._dump_raw(self.metric):
-                if rtype not in (None, RTN_UNICAST):
-                    continue
-                hops = []
-                mp = msg.get_attr("RTA_MULTIPATH")
-                if mp:
-                    for h in mp:
-                        hops.append((h.get_attr("RTA_GATEWAY"), h.get("oif")))
-                else:
-                    hops.append((msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF")))
-                out[prefix] = sorted(hops, key=str)
-        return out
+            return self._scan()[0]
 
     @_off_loop
     def dump_unreachable(self) -> set[str]:
         """Our fail-closed routes in the kernel table (unreachable, at unreachable_metric)."""
         with self._lock:
-            return {p for p, rtype, _msg in self._dump_raw(self.unreachable_metric)
-                    if rtype == RTN_UNREACHABLE}
+            return self._scan()[1]
 
     @_off_loop
     def reconcile(self, desired: dict, guarded=None) -> dict:
@@ -501,7 +612,7 @@ class KernelRoutes:
         stats = {"added": 0, "removed": 0, "fixed": 0}
         with self._lock:
             self._ifindex.clear()
-            have = self.dump()
+            have, have_u = self._scan()
             others = self._siblings_claim("installed")
             ops = []
             removed, added = [], []
@@ -539,7 +650,6 @@ class KernelRoutes:
                     if cur is None:
                         added.append(op)
             if guarded is not None:
-                have_u = self.dump_unreachable()
                 others_u = self._siblings_claim("unreachable")
                 for p in have_u - set(guarded) - others_u:
                     op = self._unr_op("del", p)

@@ -390,7 +390,11 @@ class RoutingTable:
         while True:
             every = interval if interval is not None else self._settings.reconcile_interval
             t = self.rib.get_timer()
-            delay = every if t is None else max(0.0, min(every, t - self.clock()))
+            now = self.clock()
+            # on the grid of the interval: every VPN's table reconciles in the same round and
+            # shares one scan of the kernel table (KernelRoutes._dump_raw)
+            delay = every - now % every
+            delay = delay if t is None else max(0.0, min(delay, t - now))
             await asyncio.sleep(delay)
             try:
                 self.reconcile()
