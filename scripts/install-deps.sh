@@ -22,7 +22,7 @@ done
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q -e ".[test,ec2]" 2>&1 | grep -v -E "^(WARNING: Location|  !!|    with strategy)" || true
+.venv/bin/pip install -q -e ".[test,ec2,bench]" 2>&1 | grep -v -E "^(WARNING: Location|  !!|    with strategy)" || true
 .venv/bin/python -c "import cgwd, cryptography, pyroute2, scapy, pytest, botocore, moto" 
 # The qemu tier (a Debian kernel with ESP under QEMU): best-effort, its tests skip with a reason.
 bash scripts/install-qemu.sh || echo "install-deps: QEMU tier not installed (tests/qemu will skip)" >&2
