@@ -320,18 +320,26 @@ class KernelRoutes:
         """
         if self._given is not None:
             return self._given
+        shared = getattr(threading.current_thread(), "cgwd_iprs", None)
+        if shared is not None:     # the routing tables' shared worker: one socket per namespace
+            ipr = shared.get(self.netns)
+            if ipr is None:
+                ipr = shared[self.netns] = self._new_ipr()
+            return ipr
         ipr = getattr(self._tls, "ipr", None)
         if ipr is None:
-            if self.netns:
-                from pyroute2 import NetNS
-                ipr = NetNS(self.netns)
-            else:
-                from pyroute2 import IPRoute
-                ipr = IPRoute()
+            ipr = self._new_ipr()
             self._tls.ipr = ipr
             with self._lock:
                 self._all.append(ipr)
         return ipr
+
+    def _new_ipr(self):
+        if self.netns:
+            from pyroute2 import NetNS
+            return NetNS(self.netns)
+        from pyroute2 import IPRoute
+        return IPRoute()
 
     def close(self) -> None:
         with self._lock:

@@ -100,9 +100,119 @@ class RoutingSettings:
                    static_hold_down=vpn.static_hold_down, health_check=vpn.health_check)
 
 
+class KernelWorker:
+    """The one thread that applies every routing table's kernel work, in order per table.
+
+    One per process, shared by the VPN connections' tables: a hub of 25 connections had 25
+    threads, each with its own pyroute2 socket and event loop (bench/scale.py: ~60 KiB a
+    connection). Changes queued for a table are merged until that table's next other item
+    (reconcile, cleanup, barrier), so a burst of UPDATEs still becomes one netlink batch.
+    Started by the first table that needs it, stopped when the last one closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._q: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._users = 0
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._thread is None:
+                self._q = queue.Queue()
+                self._thread = threading.Thread(target=self._run, args=(self._q,), name="cgwd-routing-kernel",
+                                                daemon=True)
+                self._thread.cgwd_iprs = {}   # the pyroute2 sockets of this thread (KernelRoutes.ipr)
+                self._thread.start()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or self._thread is None:
+                return
+            thread, q = self._thread, self._q
+            self._thread = self._q = None
+        q.put((None, "stop", None))
+        thread.join(timeout=30)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def put(self, table: "RoutingTable", kind: str, arg) -> None:
+        with self._lock:
+            q = self._q
+        if q is None:
+            raise RuntimeError("kernel worker not started (acquire() first)")
+        q.put((table, kind, arg))
+
+    def barrier(self, table: "RoutingTable", timeout: float | None) -> bool:
+        """Wait until everything queued for ``table`` so far is applied."""
+        done = threading.Event()
+        self.put(table, "barrier", done)
+        return done.wait(timeout)
+
+    @staticmethod
+    def _apply(table: "RoutingTable", ch: RibChanges) -> None:
+        try:
+            table.kernel.apply(ch)
+        except Exception:
+            table.kernel_errors += 1
+            log.exception("kernel route worker")
+
+    def _run(self, q: queue.Queue) -> None:
+        stop = False
+        try:
+            while not stop:
+                items = [q.get()]
+                while True:          # coalesce what is queued
+                    try:
+                        items.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                pending: dict[int, tuple] = {}   # id(table) -> (table, merged changes)
+                for table, kind, arg in items:
+                    if kind == "apply":
+                        prev = pending.get(id(table))
+                        pending[id(table)] = (table, arg if prev is None else prev[1].merge(arg))
+                        continue
+                    if kind == "stop":
+                        stop = True
+                        continue
+                    held = pending.pop(id(table), None)
+                    if held is not None:
+                        self._apply(*held)
+                    try:
+                        if kind == "reconcile":
+                            table.kernel.reconcile(*arg)
+                        elif kind == "remove_all":
+                            table.kernel.remove_all()
+                        elif kind == "flush_stale":
+                            table.kernel.flush_stale(arg)
+                        elif kind == "barrier":
+                            arg.set()
+                    except Exception:
+                        table.kernel_errors += 1
+                        log.exception("kernel route worker")
+                for held in pending.values():
+                    self._apply(*held)
+                for _ in items:
+                    q.task_done()
+        finally:
+            for ipr in threading.current_thread().cgwd_iprs.values():
+                try:
+                    ipr.close()
+                except Exception:
+                    pass
+
+
+KERNEL_WORKER = KernelWorker()
+
+
 class RoutingTable:
     def __init__(self, settings: RoutingSettings | None = None, *, kernel=None, clock=time.monotonic,
-                 threaded: bool = True, name: str = "", **settings_kw):
+                 threaded: bool = True, name: str = "", kernel_worker: KernelWorker | None = None,
+                 **settings_kw):
         if settings is None:
             settings = RoutingSettings(**settings_kw)
         elif settings_kw:
@@ -121,8 +231,8 @@ class RoutingTable:
         #: was replaced (``rib.learned_path(p)`` may differ): the LAN side's feed
         self.listeners: list = []
         self._threaded = threaded and kernel is not None
-        self._q: queue.Queue | None = None
-        self._worker: threading.Thread | None = None
+        self._worker: KernelWorker | None = None   # the shared worker once this table used it
+        self._worker_of = kernel_worker or KERNEL_WORKER
         self._task: asyncio.Task | None = None
         self._started = False
         self.kernel_errors = 0
@@ -203,70 +313,18 @@ class RoutingTable:
             self.kernel.apply(ch)
             return
         self._ensure_worker()
-        self._q.put(("apply", ch))
+        self._worker.put(self, "apply", ch)
 
     def _ensure_worker(self) -> None:
         if self._worker is None:
-            self._q = queue.Queue()
-            self._worker = threading.Thread(target=self._run_worker, name="cgwd-routing-kernel",
-                                            daemon=True)
-            self._worker.start()
-
-    def _run_worker(self) -> None:
-        q = self._q
-        while True:
-            item = q.get()
-            items = [item]
-            while True:          # coalesce what is queued
-                try:
-                    items.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            pending = None
-            stop = False
-            for kind, arg in items:
-                try:
-                    if kind == "apply":
-                        pending = arg if pending is None else pending.merge(arg)
-                        continue
-                    if pending is not None:
-                        self.kernel.apply(pending)
-                        pending = None
-                    if kind == "reconcile":
-                        self.kernel.reconcile(*arg)
-                    elif kind == "remove_all":
-                        self.kernel.remove_all()
-                    elif kind == "flush_stale":
-                        self.kernel.flush_stale(arg)
-                    elif kind == "stop":
-                        stop = True
-                except Exception:
-                    self.kernel_errors += 1
-                    log.exception("kernel route worker")
-            if pending is not None:
-                try:
-                    self.kernel.apply(pending)
-                except Exception:
-                    self.kernel_errors += 1
-                    log.exception("kernel route worker")
-            for _ in items:
-                q.task_done()
-            if stop:
-                return
+            self._worker = self._worker_of
+            self._worker.acquire()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the kernel worker has applied everything queued so far."""
-        if not self._threaded or self._q is None:
+        if not self._threaded or self._worker is None:
             return True
-        done = threading.Event()
-        self._q.put(("barrier", done))
-        if timeout is None:
-            self._q.join()
-            return True
-        end = time.monotonic() + timeout
-        while self._q.unfinished_tasks and time.monotonic() < end:
-            time.sleep(0.01)
-        return not self._q.unfinished_tasks
+        return self._worker.barrier(self, timeout)
 
     # ------------------------------------------------------------ what the daemon reports
     def tunnel_up(self, tunnel_name: str, ifname: str, gateway: str, index: int | None = None) -> None:
@@ -347,7 +405,7 @@ class RoutingTable:
         args = (dict(self.rib.selected), set(self.rib.guarded))
         if self._threaded:
             self._ensure_worker()
-            self._q.put(("reconcile", args))
+            self._worker.put(self, "reconcile", args)
         else:
             self.kernel.reconcile(*args)
 
@@ -363,7 +421,7 @@ class RoutingTable:
             return
         if self._threaded:
             self._ensure_worker()
-            self._q.put(("flush_stale", protocol))
+            self._worker.put(self, "flush_stale", protocol)
         else:
             self.kernel.flush_stale(protocol)
 
@@ -374,14 +432,16 @@ class RoutingTable:
         if self.kernel is not None:
             if self._threaded:
                 self._ensure_worker()
-                self._q.put(("remove_all", None))
+                self._worker.put(self, "remove_all", None)
             else:
                 self.kernel.remove_all()
 
     def close(self) -> None:
+        """Wait (30 s at most) for this table's queued kernel work, then let the shared
+        worker go (it stops with its last table)."""
         if self._worker is not None:
-            self._q.put(("stop", None))
-            self._worker.join(timeout=30)
+            self._worker.barrier(self, 30)
+            self._worker.release()
             self._worker = None
 
     async def maintain(self, interval: float | None = None) -> None:
