@@ -238,7 +238,8 @@ class ReferenceStack:
 # ---------------------------------------------------------------------------- one run
 def measure(stack_name: str, vpns: int, args) -> dict:
     prefix = f"sc{os.getpid() % 1000}"
-    lab = HubLab(HubSpec(prefix=prefix, vpns=vpns, prefixes=args.prefixes, ike_version=args.ike))
+    lab = HubLab(HubSpec(prefix=prefix, vpns=vpns, prefixes=args.prefixes, ike_version=args.ike,
+                         ike_proposal=args.ike_proposal, esp_proposal=args.esp_proposal))
     try:
         lab.up()
         time.sleep(1.0)  # the AWS side settles (BIRDs listening, charons idle)
@@ -368,6 +369,9 @@ def main() -> int:
     ap.add_argument("--prefixes", type=int, default=4, help="VPC prefixes per VPN connection")
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement per run")
     ap.add_argument("--ike", type=int, choices=(1, 2), default=2)
+    ap.add_argument("--ike-proposal", default="aes128-sha1-modp1024",
+                    help="every side's IKE proposal (strongSwan syntax; default: AWS's default, DH group 2)")
+    ap.add_argument("--esp-proposal", default="aes128-sha1-modp1024", help="every side's ESP proposal (PFS group)")
     ap.add_argument("--stacks", default=",".join(STACKS))
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--plot", help="write a PNG of each figure against the number of tunnels (matplotlib)")
@@ -382,7 +386,8 @@ def main() -> int:
         return 2
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(REPO, "cgwd")], check=True,
                    stdout=subprocess.DEVNULL)
-    print(f"scale: VPN connections {sizes}, {args.prefixes} prefixes each, IKEv{args.ike}, idle window {args.idle:g} s")
+    print(f"scale: VPN connections {sizes}, {args.prefixes} prefixes each, IKEv{args.ike} "
+          f"({args.ike_proposal}; ESP {args.esp_proposal}), idle window {args.idle:g} s")
     results = []
     for i, v in enumerate(sizes):
         order = stacks if i % 2 == 0 else stacks[::-1]
@@ -399,7 +404,8 @@ def main() -> int:
                        "date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
                        "cpus": os.cpu_count()}, f, indent=2)
     if args.plot:
-        plot(results, args.plot, f"cgwd vs strongSwan + BIRD, IKEv{args.ike}, {time.strftime('%Y-%m-%d')}")
+        plot(results, args.plot, f"cgwd vs strongSwan + BIRD, IKEv{args.ike} {args.ike_proposal}, "
+                                 f"{time.strftime('%Y-%m-%d')}")
     return 0
 
 

@@ -183,7 +183,7 @@ class BgpPart:
             "uptime_since": _wall(self.up_since), "hold_time": bgp.get("hold_time", c.hold_time),
             "keepalive": bgp.get("keepalive"),
             "prefixes_received": self.routing.rib.prefix_count(self.name),
-            "prefixes_advertised": bgp.get("prefixes_advertised", len(exports(c))),
+            "prefixes_advertised": bgp["prefixes_advertised"] if "prefixes_advertised" in bgp else len(exports(c)),
             "families": bgp.get("families"),
             "advertised": sorted(r.prefix for r in self.session.advertised()),
             "messages_in": bgp.get("messages_in"), "messages_out": bgp.get("messages_out"),
