@@ -13,25 +13,23 @@ le 24) and 10.202.0.0/24 (not allowed). Checked in the real peers and the kernel
 * ``cgwctl status`` (JSON and text) shows the neighbor, what it sent and what it was sent;
 * both AWS endpoints die: BIRD loses the VPC prefix.
 
-The FRR variant: FRR's bgpd as an iBGP router (cgwd's own AS, TCP MD5): it learns the VPC
+The FRR variant: FRR (zebra + bgpd, cgwd.lab.frr) as an iBGP router (cgwd's own AS, TCP MD5): it learns the VPC
 prefix with LOCAL_PREF 100, AWS's AS path unchanged and cgwd's LAN address as next hop; its allowed
 prefix reaches AWS, the denied one does not; cgwd's shutdown takes the VPC prefix away.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 
 import pytest
 
 from cgwd.lab.bird import BgpNeighbor, Bird, BirdConfig
 from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, start_cgwd
 from cgwd.lab.faults import kill_endpoint
+from cgwd.lab.frr import Frr, FrrConfig, FrrNeighbor, frr_available
 from cgwd.lab.netns import run, wait_for
 from labenv import lan_config
 
@@ -138,75 +136,35 @@ def test_lan_bird_learns_the_vpc_prefix_and_its_allowed_prefix_reaches_aws(lab_f
     assert "Traceback" not in open(log_path).read()
 
 
-need_frr = pytest.mark.skipif(not os.path.exists("/usr/lib/frr/bgpd") or not shutil.which("vtysh"),
-                              reason="frr not installed (optional: apt-get install frr)")
+need_frr = pytest.mark.skipif(frr_available() is not None, reason=f"{frr_available()} (optional)")
 FRR_ALLOWED, FRR_DENIED = "10.201.2.0/24", "10.203.0.0/24"
 
 
-def _frr(lab, asn: int) -> str:
-    """FRR's bgpd alone (no zebra) in the on-prem namespace; returns its vty directory."""
-    d = os.path.join(lab.workdir, "onprem-frr")
-    os.makedirs(d, exist_ok=True)
-    os.chmod(d, 0o777)
-    host = lab.spec.onprem_host
-    conf = f"""frr defaults traditional
-hostname onprem
-log file {d}/bgpd.log debugging
-route-map ALLOW permit 10
-!
-router bgp {asn}
- bgp router-id {host}
- no bgp network import-check
- neighbor 10.200.0.1 remote-as {lab.spec.cgw_asn}
- neighbor 10.200.0.1 password {MD5}
- neighbor 10.200.0.1 timers 10 30
- neighbor 10.200.0.1 timers connect 2
- neighbor 10.200.0.1 update-source {host}
- address-family ipv4 unicast
-  network {FRR_ALLOWED}
-  network {FRR_DENIED}
-  neighbor 10.200.0.1 activate
-  neighbor 10.200.0.1 route-map ALLOW in
-  neighbor 10.200.0.1 route-map ALLOW out
- exit-address-family
-!
-"""
-    cf = os.path.join(d, "bgpd.conf")
-    with open(cf, "w") as f:
-        f.write(conf)
-    out = open(os.path.join(d, "bgpd.out"), "w")
-    p = subprocess.Popen(lab.onprem.cmd(["/usr/lib/frr/bgpd", "-Z", "-S", "-f", cf, "--vty_socket", d,
-                                         "-i", os.path.join(d, "bgpd.pid"), "-l", host, "-u", "root", "-g", "root"]),
-                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    out.close()
-    lab.procs.append(p)
-    wait_for(lambda: os.path.exists(os.path.join(d, "bgpd.vty")) or p.poll() is not None, 15, what="bgpd vty socket")
-    assert p.poll() is None, open(os.path.join(d, "bgpd.out")).read()[-2000:]
-    return d
+def _frr(lab, asn: int) -> Frr:
+    """FRR (zebra + bgpd, cgwd.lab.frr) in the on-prem namespace, peering with cgwd's LAN address."""
+    frr = Frr(lab.onprem, os.path.join(lab.workdir, "onprem-frr"), FrrConfig(
+        router_id=lab.spec.onprem_host, asn=asn, networks=[FRR_ALLOWED, FRR_DENIED],
+        neighbors=[FrrNeighbor("10.200.0.1", lab.spec.cgw_asn, password=MD5)]))
+    frr.start()
+    lab.procs.extend(frr.procs.values())
+    return frr
 
 
-def _vtysh(lab, d: str, cmd: str) -> str:
-    return lab.onprem.run(["vtysh", "--vty_socket", d, "-d", "bgpd", "-c", cmd], check=False, timeout=15).stdout
-
-
-def _frr_path(lab, d: str, prefix: str) -> dict | None:
-    try:
-        paths = json.loads(_vtysh(lab, d, f"show bgp ipv4 unicast {prefix} json") or "{}").get("paths") or []
-    except ValueError:
-        return None
+def _frr_path(frr: Frr, prefix: str) -> dict | None:
+    paths = frr.paths(prefix)
     return paths[0] if paths else None
 
 
 @need_frr
 def test_lan_frr_ibgp_with_md5(lab_factory):
     lab = lab_factory()
-    d = _frr(lab, lab.spec.cgw_asn)
+    frr = _frr(lab, lab.spec.cgw_asn)
     config = _lan_config(lab, remote_asn=lab.spec.cgw_asn)
     proc = start_cgwd(lab, config)
     log_path = os.path.join(lab.workdir, "cgwd.log")
     wait_for(lambda: proc.poll() is not None or cgwd_ready(lab), 60, interval=0.3, what="cgwd tunnels + BGP")
     assert proc.poll() is None, open(log_path).read()[-3000:]
-    r = wait_for(lambda: _frr_path(lab, d, lab.spec.vpc_cidr), 60, interval=0.5, what="FRR to learn the VPC prefix")
+    r = wait_for(lambda: _frr_path(frr, lab.spec.vpc_cidr), 60, interval=0.5, what="FRR to learn the VPC prefix")
     assert r.get("locPrf") == 100, r
     # iBGP: AWS's path as cgwd learned it, no ASN of cgwd's added (as_path = "aws")
     assert (r.get("aspath") or {}).get("string") == str(lab.spec.aws_asn), r
@@ -233,7 +191,7 @@ def test_lan_frr_ibgp_with_md5(lab_factory):
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     assert proc.returncode == 0
-    wait_for(lambda: _frr_path(lab, d, lab.spec.vpc_cidr) is None, 30, interval=0.5,
+    wait_for(lambda: _frr_path(frr, lab.spec.vpc_cidr) is None, 30, interval=0.5,
              what="FRR to lose the VPC prefix when cgwd stops")
     assert "Traceback" not in open(log_path).read()
 
