@@ -98,6 +98,20 @@ class Runner:
             if m % 7 == 0:  # a phase-2 rekey of the peer's on top of the lifetime ones
                 self.b.rekey_ipsec(self.net.now)
             self.step_to(m * 60 + 60)
+            for p in (self.a, self.b):
+                assert not dead_owners(p), (p.name, m, dead_owners(p))
+
+
+def dead_owners(peer) -> list:
+    """Schedule entries whose owner (an SA, a pair, an exchange) the engine no longer has."""
+    if isinstance(peer, IkePeer):
+        sched = peer.sched
+        live = [*peer.sas, *peer.children, *(q for sa in peer.sas for q in sa.qm.values())]
+    else:
+        sched = peer._schedule
+        live = [*peer._sas, *peer._children]
+    return [(action, owner) for _at, action, owner in sched
+            if owner is not None and not any(owner is x for x in live)]
 
 
 def _runner(version: int) -> Runner:
