@@ -90,11 +90,15 @@ class ChildTable:
         self.children.append(child)
 
     def remove(self, child: ChildSa) -> bool:
-        """Forget ``child`` and its deadlines; whether it was there."""
+        """Forget ``child`` and its deadlines; whether it was there. The pairs left forget it
+        as one they displaced (else each pair would hold every one before it)."""
         if child not in self.children:
             return False
         self.children.remove(child)
         self._sched.cancel_owner(child)
+        for c in self.children:
+            if child in c.displaced:
+                c.displaced.remove(child)
         return True
 
     # ------------------------------------------------------------------ a new pair

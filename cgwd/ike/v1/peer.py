@@ -464,7 +464,7 @@ class IkePeer:
             self.name, sa.algs.name, "initiator" if sa.initiator else "responder", sa.icookie.hex(), sa.rcookie.hex(),
         )
         self.emit(Phase1Up(sa.algs.name))
-        old = sa.replaces
+        old, sa.replaces = sa.replaces, None  # (kept, every SA would hold all its predecessors)
         if old is not None and old in self.sas:
             self.count("rekeys_ike")
             old.retired_by_us = True

@@ -210,9 +210,12 @@ class ChildSaBook:
         self._children.remove(c)
         c.go(ChildSaState.GONE)
         self._schedule.cancel_owner(c)
+        c.rekeys = None
         for other in self._children:
             if other.collision is c:
                 other.collision = None
+            if other.rekeys is c:
+                other.rekeys = None  # (kept, every pair would hold all the pairs before it)
         log.info("%s: Child SA down: %s (%s)", self.name, c.pair.describe(), reason)
         self.emit(IpsecSaDown(c.spi_in, c.spi_out, reason))
 
