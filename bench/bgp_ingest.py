@@ -105,6 +105,8 @@ async def main():
         await loop.run_in_executor(None, rt.flush)
         res["kernel_seconds_after_eor"] = loop.time() - t0
         res["kernel_installed"] = len(kernel.installed)
+        # fail closed (the daemon's default): one unreachable guard route per learned prefix too
+        res["kernel_unreachable_guards"] = len(kernel.unreachable)
         res["kernel_seconds_total"] = loop.time() - t["up"]
         # every thread of the process (the netlink worker too), user + system
         res["kernel_cpu_seconds_total"] = time.process_time() - t["cpu_up"]
