@@ -24,6 +24,8 @@ import struct
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cgwd.bgp import message as m
 from cgwd.bgp.message import BgpError, Route, seq
@@ -358,6 +360,84 @@ def test_session_and_rib_match_golden_transcript(golden):
     for g, w in zip(got, want):
         for k in w:
             assert g[k] == w[k], (g["ecmp"], g["slice"], k)
+
+
+# ------------------------------------------------------------------ value semantics kept
+def test_route_is_a_frozen_value_sharing_its_attributes():
+    import pickle
+    from dataclasses import FrozenInstanceError
+    a = Route("10.0.0.0/8", "169.254.10.1", seq(64512), med=5, communities=(1,))
+    b = Route("10.0.0.0/8", "169.254.10.1", seq(64512), 0, 5, None, (1,), False, None)
+    assert a == b and hash(a) == hash(b) and a is not b and {a: 1}[b] == 1
+    assert a != Route("10.0.0.0/8", "169.254.10.1", seq(64512), med=6, communities=(1,))
+    assert a != Route("10.0.0.0/9", "169.254.10.1", seq(64512), med=5, communities=(1,))
+    assert a != ("10.0.0.0/8",) and (a == object()) is False
+    assert repr(a) == ("Route(prefix='10.0.0.0/8', next_hop='169.254.10.1', as_path=((2, (64512,)),), "
+                       "origin=0, med=5, local_pref=None, communities=(1,), atomic_aggregate=False, aggregator=None)")
+    with pytest.raises(FrozenInstanceError):
+        a.med = 7
+    with pytest.raises(FrozenInstanceError):
+        a.prefix = "10.0.0.0/9"
+    assert pickle.loads(pickle.dumps(a)) == a
+    assert a.attr_key() == ("169.254.10.1", seq(64512), 0, 5, None, (1,), False, None)
+    assert Route(a.prefix, *a.attr_key()) == a
+    # every prefix of one UPDATE shares one attribute object, interned across UPDATEs
+    body = update(ORIGIN + AS4 + NH, NLRI)
+    r1, r2 = m.decode_update(body, as4=True), m.decode_update(body, as4=True)
+    assert len({id(r.attrs) for r in r1.announced + r2.announced}) == 1
+    assert r1.announced == r2.announced
+
+
+def _old_decide_v4_parse(prefix):
+    """The int() parse the IPv4 fast paths had (reference for odd spellings)."""
+    try:
+        addr_s, plen_s = prefix.split("/")
+        o = addr_s.split(".")
+        if len(o) != 4:
+            return None
+        a, b, c, d = int(o[0]), int(o[1]), int(o[2]), int(o[3])
+        plen = int(plen_s)
+    except ValueError:
+        return None
+    if not (0 <= plen <= 32) or max(a, b, c, d) > 255 or min(a, b, c, d) < 0:
+        return None
+    return (a << 24) | (b << 16) | (c << 8) | d, plen
+
+
+_SPELL = ["", "0", "00", "+", "-", " ", "_"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_SPELL), st.integers(0, 300)), min_size=3, max_size=5),
+       st.tuples(st.sampled_from(_SPELL), st.integers(0, 40)),
+       st.sampled_from(["aws-default", "any", "prefix-list", "own"]))
+def test_ipv4_policy_and_guard_read_any_spelling_as_int_parse_does(octets, plen, mode):
+    """inet_pton reads canonical spellings; every other spelling still gets the int() reading."""
+    from cgwd.bgp.policy import ImportPolicy
+    from cgwd.routing.rib import _Protected
+    s = ".".join(f"{sp}{v}" for sp, v in octets) + f"/{plen[0]}{plen[1]}"
+    kw = {"own": dict(own_prefixes=("10.0.0.0/8",), inside=("169.254.10.0/30",))}.get(mode, {})
+    pol = ImportPolicy("aws-default" if mode == "own" else mode, allow=("10.0.0.0/8",) if mode == "prefix-list" else (), **kw)
+    slow = ImportPolicy(pol.mode, pol.own_prefixes, pol.allow, pol.deny, pol.accept_default_route, pol.inside)
+    ref = _old_decide_v4_parse(s)
+    got = pol._decide_v4(s)
+    assert (got is None) == (ref is None), (s, got, ref)
+    if ref is not None:
+        addr, n = ref
+        canon = f"{addr >> 24}.{(addr >> 16) & 255}.{(addr >> 8) & 255}.{addr & 255}/{n}"
+        assert got == slow._decide_v4(canon), s
+    prot = _Protected(("10.1.2.3", "203.0.113.9"))
+    try:
+        want = None if ref is None else prot.covered(f"{ref[0] >> 24}.{(ref[0] >> 16) & 255}.{(ref[0] >> 8) & 255}."
+                                                     f"{ref[0] & 255}/{ref[1]}")
+    except ValueError:
+        want = "ValueError"
+    try:
+        have = prot.covered(s)
+    except ValueError:
+        have = "ValueError"
+    if ref is not None and len(octets) == 4:
+        assert have == want, s
 
 
 if __name__ == "__main__" and "--record" in sys.argv:
