@@ -152,6 +152,39 @@ class ImportPolicy:
                 self._cache[prefix] = r
         return r
 
+    def accepted(self, prefixes) -> list:
+        """``[self.accepts(p) for p in prefixes]``; "aws-default" without lists (nothing of
+        ours, no inside CIDR, no deny) decides canonical IPv4 spellings here without a call
+        per prefix (the RIB's per-UPDATE batch)."""
+        accepts = self.accepts
+        if self.mode != "aws-default" or any(self._v4cache or self._v4_nets()):
+            return [accepts(p) for p in prefixes]
+        dflt = bool(self.accept_default_route)
+        plens, pton, af = _PLEN, _inet_pton, _AF_INET
+        out = []
+        append = out.append
+        for p in prefixes:
+            if p.__class__ is str:
+                addr_s, _sep, plen_s = p.partition("/")
+                plen = plens.get(plen_s)
+                if plen is not None and ":" not in p:
+                    try:
+                        packed = pton(af, addr_s)
+                    except (OSError, ValueError):
+                        packed = None
+                    if packed is not None:
+                        # _decide_v4's "aws-default" without lists, as there
+                        a = packed[0]
+                        if plen == 0:
+                            append(dflt)
+                        elif plen >= 16 and a == 169 and packed[1] == 254:
+                            append(False)
+                        else:
+                            append(not (plen >= 4 and a >= 224 or plen >= 8 and a == 127))
+                        continue
+            append(accepts(p))
+        return out
+
     def reason(self, prefix: str) -> str:
         return "accepted" if self.accepts(prefix) else self._why(prefix)
 

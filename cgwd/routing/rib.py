@@ -307,13 +307,15 @@ class Rib:
                 self._unpath(p, name)
                 touched.append(p)
         ch = RibChanges()
-        accepts = self.import_policy.accepts
         covered = self.protected.covered if self.protected.addresses else None
         limit = self.max_prefix
         learned, guarded, fail_closed, guard_add = self.learned, self.guarded, self.fail_closed, ch.guard_add
-        for r in announced:
+        if announced.__class__ is not list:
+            announced = list(announced)
+        verdicts = self.import_policy.accepted([r.prefix for r in announced])
+        for r, ok in zip(announced, verdicts):
             p = r.prefix
-            if not accepts(p):
+            if not ok:
                 reason, detail = REFUSED_POLICY, ""
             elif covered is not None and (detail := covered(p)) is not None:
                 reason = REFUSED_OUTSIDE

@@ -419,6 +419,15 @@ def test_ipv4_policy_and_guard_read_any_spelling_as_int_parse_does(octets, plen,
     kw = {"own": dict(own_prefixes=("10.0.0.0/8",), inside=("169.254.10.0/30",))}.get(mode, {})
     pol = ImportPolicy("aws-default" if mode == "own" else mode, allow=("10.0.0.0/8",) if mode == "prefix-list" else (), **kw)
     slow = ImportPolicy(pol.mode, pol.own_prefixes, pol.allow, pol.deny, pol.accept_default_route, pol.inside)
+    for q in (pol, ImportPolicy("aws-default"), ImportPolicy("aws-default", accept_default_route=True)):
+        try:
+            one = [q.accepts(s)]
+        except ValueError:
+            one = "ValueError"
+        try:
+            assert q.accepted([s]) == one, s
+        except ValueError:
+            assert one == "ValueError", s
     ref = _old_decide_v4_parse(s)
     got = pol._decide_v4(s)
     assert (got is None) == (ref is None), (s, got, ref)
