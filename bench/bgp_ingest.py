@@ -2,7 +2,7 @@
 """UPDATE ingest benchmark: a real peer (BIRD) sends N prefixes; cgwd and ExaBGP receive.
 
 Run as root (creates network namespaces bgpit-bench-* / bgpit-kbench-*, removed at exit):
-    .venv/bin/python bench/bgp_ingest.py [--prefixes 100000] [--kernel]
+    .venv/bin/python bench/bgp_ingest.py [--prefixes 100000] [--kernel [--no-bird-kernel]]
     .venv/bin/python bench/bgp_ingest.py --kernel-only --prefixes 20000
       (kernel route installation alone: pyroute2 one request per route, cgwd's netlink
        batches, and iproute2's `ip -batch` as the reference, same routes, same run)
@@ -13,7 +13,13 @@ prefixes delivered to the application:
     with --kernel also installs every route with pyroute2 (worker thread) and reports the
     time until the kernel has them all;
   * ExaBGP 4.2 (Debian package) with an API process that counts the parsed routes it is
-    handed as JSON (ExaBGP's normal way to give routes to an application).
+    handed as JSON (ExaBGP's normal way to give routes to an application);
+  * with --kernel, the whole pipeline into the kernel against the C reference: BIRD receiving
+    the same feed in the same namespace into the kernel's main table (its kernel protocol),
+    session Established -> every route exported, wall clock and CPU (user + system, netlink
+    included; cgwd's CPU counts its netlink worker thread).
+"ratios" at the end: cgwd/ExaBGP prefixes per CPU-second (decode through RIB), and with
+--kernel cgwd/BIRD for the kernel pipeline (per CPU-second and per wall-clock second).
 Memory: tracemalloc delta of the Adj-RIB-In + RIB for N routes (cgwd), and the RSS of
 the receiving process after ingest (both).
 """
@@ -99,7 +105,11 @@ async def main():
         await loop.run_in_executor(None, rt.flush)
         res["kernel_seconds_after_eor"] = loop.time() - t0
         res["kernel_installed"] = len(kernel.installed)
+        # fail closed (the daemon's default): one unreachable guard route per learned prefix too
+        res["kernel_unreachable_guards"] = len(kernel.unreachable)
         res["kernel_seconds_total"] = loop.time() - t["up"]
+        # every thread of the process (the netlink worker too), user + system
+        res["kernel_cpu_seconds_total"] = time.process_time() - t["cpu_up"]
         await asyncio.sleep(2 * HOLD / 3 + 1)
     res["state_after"] = sess.state
     res["flaps"] = sess.status()["flaps"]
@@ -291,11 +301,90 @@ def run_exabgp(lab, n, hold):
             p.kill()
 
 
+BIRD_RECEIVER = """
+router id 10.255.0.2;
+protocol device {{ }}
+protocol kernel k4 {{
+    kernel table 254;
+    ipv4 {{ import none; export all; }};
+}}
+protocol bgp aws {{
+    local 169.254.10.2 as 65000;
+    neighbor 169.254.10.1 as 64512;
+    hold time {hold};
+    keepalive time {keepalive};
+    connect retry time 1;
+    ipv4 {{ import all; export none; }};
+}}
+"""
+
+
+def proc_cpu(pid):
+    """utime + stime of a process, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_bird_kernel(lab, n, hold):
+    """BIRD (the C reference) receiving the same feed in the cgw namespace into the kernel's
+    main table: session Established -> every route exported to (and acknowledged by) the
+    kernel, wall clock and BIRD's CPU (user + system: netlink included)."""
+    d = os.path.join(lab.tmp, "bird_rx")
+    os.makedirs(d, exist_ok=True)
+    cf, sock = os.path.join(d, "bird.conf"), os.path.join(d, "bird.ctl")
+    with open(cf, "w") as f:
+        f.write(BIRD_RECEIVER.format(hold=hold, keepalive=max(1, hold // 3)))
+    p = subprocess.Popen(["ip", "netns", "exec", lab.cgw, "bird", "-f", "-c", cf, "-s", sock,
+                          "-P", os.path.join(d, "bird.pid")],
+                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "bird.err"), "w"))
+    try:
+        wait_for(lambda: os.path.exists(sock) and os.path.exists(os.path.join(d, "bird.pid")), 10,
+                 what="receiving bird's control socket")
+        pid = int(open(os.path.join(d, "bird.pid")).read().split()[0])
+
+        def birdc(*cmd):
+            return nsexec(lab.cgw, "birdc", "-s", sock, *cmd, check=False).stdout
+
+        t_end = time.monotonic() + 60
+        while "Established" not in birdc("show", "protocols", "aws"):
+            if time.monotonic() > t_end:
+                return {"error": "receiving BIRD did not establish"}
+            time.sleep(0.02)
+        t_up, cpu_up = time.monotonic(), proc_cpu(pid)
+
+        def exported():
+            for line in birdc("show", "protocols", "all", "k4").splitlines():
+                line = line.strip()
+                if line.startswith("Routes:"):
+                    # "Routes:  0 imported, 100000 exported, 0 preferred"
+                    for part in line[len("Routes:"):].split(","):
+                        v, _sp, what = part.strip().partition(" ")
+                        if what == "exported":
+                            return int(v)
+            return 0
+        wait_for(lambda: exported() >= n, 600, interval=0.1, what="BIRD exported the feed to the kernel")
+        t_done, cpu_done = time.monotonic(), proc_cpu(pid)
+        in_kernel = len(nsexec(lab.cgw, "ip", "-o", "route", "show", "table", "254", "proto", "bird")
+                        .stdout.splitlines())
+        return {"kernel_installed": in_kernel, "exported": exported(), "kernel_seconds_total": t_done - t_up,
+                "kernel_cpu_seconds_total": cpu_done - cpu_up, "rss_kb": proc_rss_kb(pid)}
+    finally:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prefixes", type=int, default=100_000)
     ap.add_argument("--kernel", action="store_true", help="also install the routes in the kernel")
     ap.add_argument("--no-exabgp", action="store_true")
+    ap.add_argument("--no-bird-kernel", action="store_true",
+                    help="with --kernel: skip the reference (BIRD receiving the feed into the kernel)")
     ap.add_argument("--hold", type=int, default=30)
     ap.add_argument("--kernel-only", action="store_true",
                     help="only time kernel route installation: cgwd per request vs batched "
@@ -325,14 +414,32 @@ def main():
         if not args.no_exabgp and shutil.which("exabgp"):
             time.sleep(2)
             results["exabgp"] = run_exabgp(lab, args.prefixes, args.hold)
+        if args.kernel and not args.no_bird_kernel:
+            time.sleep(2)
+            results["bird_kernel"] = run_bird_kernel(lab, args.prefixes, args.hold)
     for k, v in results.items():
         if v.get("kernel_installed") and v.get("kernel_seconds_total"):
             # session up -> every route in the kernel (decode + RIB + netlink, overlapped)
             v["kernel_routes_per_second_total"] = round(v["kernel_installed"] / v["kernel_seconds_total"])
+            if v.get("kernel_cpu_seconds_total"):
+                v["kernel_prefixes_per_cpu_second"] = round(v["kernel_installed"] / v["kernel_cpu_seconds_total"])
         if "seconds" in v and v.get("prefixes"):
             v["prefixes_per_second"] = round(v["prefixes"] / v["seconds"])
             if v.get("cpu_seconds"):
                 v["prefixes_per_cpu_second"] = round(v["prefixes"] / v["cpu_seconds"])
+    ratios = {}
+    exa, cg = results.get("exabgp", {}), results.get("cgwd", {})
+    if exa.get("prefixes_per_cpu_second") and cg.get("prefixes_per_cpu_second"):
+        # decode through RIB, per CPU-second: cgwd / ExaBGP (issue 19: >= 3)
+        ratios["ingest_cgwd_over_exabgp_per_cpu_second"] = round(
+            cg["prefixes_per_cpu_second"] / exa["prefixes_per_cpu_second"], 2)
+    kb, kc = results.get("bird_kernel", {}), results.get("cgwd_kernel", {})
+    for key in ("kernel_prefixes_per_cpu_second", "kernel_routes_per_second_total"):
+        if kb.get(key) and kc.get(key):
+            # the whole pipeline into the kernel: cgwd / BIRD (the C reference), whatever it is
+            ratios[f"kernel_pipeline_cgwd_over_bird_{key.removeprefix('kernel_')}"] = round(kc[key] / kb[key], 2)
+    if ratios:
+        results["ratios"] = ratios
     print(json.dumps(results, indent=2))
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
+from operator import attrgetter
+from typing import NamedTuple
 
 from ..routing.source import LearnedPath
 
@@ -125,13 +127,12 @@ class BgpError(Exception):
 
 
 # ------------------------------------------------------------------- value types
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One prefix with its path attributes.
+class PathAttributes(NamedTuple):
+    """The path attributes a route carries (every field of :class:`Route` but the prefix).
 
-    ``as_path`` is a tuple of segments ``((segment_type, (asn, ...)), ...)``.
+    One immutable object is shared by every prefix of one UPDATE (and interned across
+    UPDATEs: :func:`intern_attributes`), so a route costs a prefix string and two pointers.
     """
-    prefix: str
     next_hop: str | None = None
     as_path: tuple = ()
     origin: int = ORIGIN_IGP
@@ -140,6 +141,71 @@ class Route:
     communities: tuple = ()
     atomic_aggregate: bool = False
     aggregator: tuple | None = None
+
+
+_FIELDS = ("prefix",) + PathAttributes._fields
+_INTERNED: dict = {}
+_INTERN_MAX = 4096
+
+
+def intern_attributes(attrs: PathAttributes) -> PathAttributes:
+    """The one shared object equal to ``attrs`` (a bounded memo: values are immutable)."""
+    got = _INTERNED.get(attrs)
+    if got is None:
+        if len(_INTERNED) >= _INTERN_MAX:
+            _INTERNED.clear()
+        got = _INTERNED[attrs] = attrs
+    return got
+
+
+class Route:
+    """One prefix with its path attributes.
+
+    ``as_path`` is a tuple of segments ``((segment_type, (asn, ...)), ...)``.
+    Immutable, compared and hashed by value (every field), as a frozen dataclass of the
+    fields ``prefix, next_hop, as_path, origin, med, local_pref, communities,
+    atomic_aggregate, aggregator``; the attributes live in one shared
+    :class:`PathAttributes` (``attrs``).
+    """
+    __slots__ = ("prefix", "attrs")
+    __match_args__ = _FIELDS
+
+    def __init__(self, prefix: str, next_hop: str | None = None, as_path: tuple = (),
+                 origin: int = ORIGIN_IGP, med: int | None = None, local_pref: int | None = None,
+                 communities: tuple = (), atomic_aggregate: bool = False,
+                 aggregator: tuple | None = None):
+        _set_prefix(self, prefix)
+        _set_attrs(self, PathAttributes(next_hop, as_path, origin, med, local_pref, communities,
+                                        atomic_aggregate, aggregator))
+
+    next_hop = property(attrgetter("attrs.next_hop"))
+    as_path = property(attrgetter("attrs.as_path"))
+    origin = property(attrgetter("attrs.origin"))
+    med = property(attrgetter("attrs.med"))
+    local_pref = property(attrgetter("attrs.local_pref"))
+    communities = property(attrgetter("attrs.communities"))
+    atomic_aggregate = property(attrgetter("attrs.atomic_aggregate"))
+    aggregator = property(attrgetter("attrs.aggregator"))
+
+    def __setattr__(self, name, value):
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name):
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.prefix == other.prefix and (self.attrs is other.attrs or self.attrs == other.attrs)
+
+    def __hash__(self):
+        return hash((self.prefix, self.attrs))
+
+    def __repr__(self):
+        return "Route(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in _FIELDS) + ")"
+
+    def __reduce__(self):
+        return (_route, (self.prefix, self.attrs))
 
     def as_path_length(self) -> int:
         return as_path_length(self.as_path)
@@ -154,21 +220,49 @@ class Route:
         return as_path_str(self.as_path)
 
     def attr_key(self) -> tuple:
-        return (self.next_hop, self.as_path, self.origin, self.med, self.local_pref,
-                self.communities, self.atomic_aggregate, self.aggregator)
+        """(next_hop, as_path, origin, med, local_pref, communities, atomic_aggregate,
+        aggregator): the PathAttributes (a tuple)."""
+        return self.attrs
 
     # the routing layer's OfferedRoute (cgwd.routing.source)
     def preference(self) -> tuple:
         """AWS's tunnel choice: shortest AS_PATH (AS_SET counts 1), then lowest MED
         (compared always, missing = 0)."""
-        return (as_path_length(self.as_path), self.med or 0)
+        a = self.attrs
+        return (as_path_length(a.as_path), a.med or 0)
 
     def learned_path(self) -> LearnedPath:
-        return LearnedPath(self.as_path, self.origin, self.atomic_aggregate, self.aggregator)
+        a = self.attrs
+        return LearnedPath(a.as_path, a.origin, a.atomic_aggregate, a.aggregator)
 
     def describe(self) -> dict:
         return {"source": "bgp", "bgp_next_hop": self.next_hop, "as_path": self.as_path_list(),
                 "as_path_str": self.as_path_str(), "med": self.med}
+
+
+_set_prefix = Route.__dict__["prefix"].__set__
+_set_attrs = Route.__dict__["attrs"].__set__
+_new_object = object.__new__
+
+
+def _route(prefix: str, attrs: PathAttributes) -> Route:
+    """A Route of ``prefix`` sharing ``attrs`` (no copy, no check: the decoder's constructor)."""
+    r = _new_object(Route)
+    _set_prefix(r, prefix)
+    _set_attrs(r, attrs)
+    return r
+
+
+def routes_sharing(prefixes, attrs: PathAttributes) -> list[Route]:
+    """Routes of ``prefixes`` that all share the one ``attrs`` object."""
+    out = []
+    append = out.append
+    for p in prefixes:
+        r = _new_object(Route)
+        _set_prefix(r, p)
+        _set_attrs(r, attrs)
+        append(r)
+    return out
 
 
 def as_path_length(path) -> int:
@@ -439,6 +533,8 @@ def encode_prefix(prefix: str) -> bytes:
 
 
 _MASK = [0xFF, 0x80, 0xC0, 0xE0, 0xF0, 0xF8, 0xFC, 0xFE]
+_OCTET = tuple(str(i) for i in range(256))
+_PLEN_SUFFIX = tuple(f"/{i}" for i in range(33))
 
 
 def decode_prefixes(data, afi: int = AFI_IPV4) -> list[str]:
@@ -446,19 +542,41 @@ def decode_prefixes(data, afi: int = AFI_IPV4) -> list[str]:
     out = []
     i, n = 0, len(data)
     if afi == AFI_IPV4:
+        # unrolled by octet count; octets and "/len" from tables (the canonical strings the
+        # generic form f"{a}.{b}.{c}.{d}/{plen}" gives, host bits masked)
+        o, sfx, mask = _OCTET, _PLEN_SUFFIX, _MASK
+        append = out.append
         while i < n:
             plen = data[i]
-            i += 1
-            if plen > 32:
-                raise ValueError(f"prefix length {plen}")
-            nb = (plen + 7) >> 3
-            if i + nb > n:
-                raise ValueError("truncated prefix")
-            b = list(data[i:i + nb]) + [0] * (4 - nb)
-            if plen & 7:
-                b[nb - 1] &= _MASK[plen & 7]
-            out.append(f"{b[0]}.{b[1]}.{b[2]}.{b[3]}/{plen}")
-            i += nb
+            if plen > 24:
+                if plen > 32:
+                    raise ValueError(f"prefix length {plen}")
+                if i + 5 > n:
+                    raise ValueError("truncated prefix")
+                d = data[i + 4] if plen == 32 else data[i + 4] & mask[plen & 7]
+                append(f"{o[data[i + 1]]}.{o[data[i + 2]]}.{o[data[i + 3]]}.{o[d]}{sfx[plen]}")
+                i += 5
+            elif plen > 16:
+                if i + 4 > n:
+                    raise ValueError("truncated prefix")
+                c = data[i + 3] if plen == 24 else data[i + 3] & mask[plen & 7]
+                append(f"{o[data[i + 1]]}.{o[data[i + 2]]}.{o[c]}.0{sfx[plen]}")
+                i += 4
+            elif plen > 8:
+                if i + 3 > n:
+                    raise ValueError("truncated prefix")
+                b = data[i + 2] if plen == 16 else data[i + 2] & mask[plen & 7]
+                append(f"{o[data[i + 1]]}.{o[b]}.0.0{sfx[plen]}")
+                i += 3
+            elif plen:
+                if i + 2 > n:
+                    raise ValueError("truncated prefix")
+                a = data[i + 1] if plen == 8 else data[i + 1] & mask[plen & 7]
+                append(f"{o[a]}.0.0.0{sfx[plen]}")
+                i += 2
+            else:
+                append("0.0.0.0/0")
+                i += 1
     elif afi == AFI_IPV6:
         while i < n:
             plen = data[i]
@@ -944,14 +1062,12 @@ def decode_update(body, *, as4: bool, ibgp: bool = False, mp_nlri: bool = False)
         res.withdrawn += announced_prefixes
         return res
     if announced_prefixes:
-        mk = Route
+        # one shared (interned) attribute object per next hop of the UPDATE
         common = (as_path, origin, med, local_pref, tuple(communities), atomic, aggregator)
-        ann = res.announced
-        for p in nlri:
-            ann.append(mk(p, next_hop, *common))
-        if mp_reach is not None and mp_nh is not None:
-            for p in mp_reach[3]:
-                ann.append(mk(p, mp_nh, *common))
+        if nlri:
+            res.announced = routes_sharing(nlri, intern_attributes(PathAttributes(next_hop, *common)))
+        if mp_reach is not None and mp_nh is not None and mp_reach[3]:
+            res.announced += routes_sharing(mp_reach[3], intern_attributes(PathAttributes(mp_nh, *common)))
     return res
 
 

@@ -13,6 +13,7 @@ AS_PATH prepend count and MED.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from .message import AS_SEQUENCE, Route
@@ -25,6 +26,9 @@ TGW_EXPORT_LIMIT = 1000
 VGW_MAX_PREFIX = 1000
 TGW_MAX_PREFIX = 5000
 MAX_PREFIX_ACTIONS = ("warn", "drop", "reset")
+
+_PLEN = {str(i): i for i in range(33)}          # canonical IPv4 prefix lengths
+_inet_pton, _AF_INET = socket.inet_pton, socket.AF_INET
 
 
 def check_export_limit(prefixes, limit: int = VGW_EXPORT_LIMIT) -> None:
@@ -148,6 +152,39 @@ class ImportPolicy:
                 self._cache[prefix] = r
         return r
 
+    def accepted(self, prefixes) -> list:
+        """``[self.accepts(p) for p in prefixes]``; "aws-default" without lists (nothing of
+        ours, no inside CIDR, no deny) decides canonical IPv4 spellings here without a call
+        per prefix (the RIB's per-UPDATE batch)."""
+        accepts = self.accepts
+        if self.mode != "aws-default" or any(self._v4cache or self._v4_nets()):
+            return [accepts(p) for p in prefixes]
+        dflt = bool(self.accept_default_route)
+        plens, pton, af = _PLEN, _inet_pton, _AF_INET
+        out = []
+        append = out.append
+        for p in prefixes:
+            if p.__class__ is str:
+                addr_s, _sep, plen_s = p.partition("/")
+                plen = plens.get(plen_s)
+                if plen is not None and ":" not in p:
+                    try:
+                        packed = pton(af, addr_s)
+                    except (OSError, ValueError):
+                        packed = None
+                    if packed is not None:
+                        # _decide_v4's "aws-default" without lists, as there
+                        a = packed[0]
+                        if plen == 0:
+                            append(dflt)
+                        elif plen >= 16 and a == 169 and packed[1] == 254:
+                            append(False)
+                        else:
+                            append(not (plen >= 4 and a >= 224 or plen >= 8 and a == 127))
+                        continue
+            append(accepts(p))
+        return out
+
     def reason(self, prefix: str) -> str:
         return "accepted" if self.accepts(prefix) else self._why(prefix)
 
@@ -186,7 +223,42 @@ class ImportPolicy:
         return False
 
     def _decide_v4(self, prefix: str):
-        """Integer fast path for canonical IPv4 prefixes; None when not applicable."""
+        """Integer fast path for IPv4 prefixes; None when not applicable.
+
+        A canonical spelling ("10.1.2.0/24": what the decoder gives) is read by inet_pton,
+        which takes exactly four decimal octets 0..255 without leading zeros; any other is
+        read by :meth:`_parse_v4` (int() per part), with the same result for every string
+        both accept."""
+        addr_s, _sep, plen_s = prefix.partition("/")
+        plen = _PLEN.get(plen_s)
+        try:
+            packed = _inet_pton(_AF_INET, addr_s) if plen is not None else None
+        except (OSError, ValueError):
+            packed = None
+        if packed is None:
+            parsed = self._parse_v4(prefix)
+            if parsed is None:
+                return None
+            addr, plen = parsed
+            a, b = addr >> 24, (addr >> 16) & 0xFF
+        else:
+            a, b = packed[0], packed[1]
+            addr = None
+        own, allow, deny, inside = self._v4cache or self._v4_nets()
+        if deny or inside or own or self.mode != "aws-default":
+            if addr is None:
+                addr = int.from_bytes(packed, "big")
+            return self._decide_v4_lists(a, b, addr, plen, own, allow, deny, inside)
+        # "aws-default" with no lists (the common case): the fixed exclusions only
+        if plen == 0:
+            return bool(self.accept_default_route)
+        if plen >= 16 and a == 169 and b == 254:                 # inside tunnel addresses
+            return False
+        return not (plen >= 4 and a >= 224 or plen >= 8 and a == 127)   # multicast/reserved, loopback
+
+    @staticmethod
+    def _parse_v4(prefix: str):
+        """(address int, prefix length) of any "a.b.c.d/len" int() reads, or None."""
         try:
             addr_s, plen_s = prefix.split("/")
             o = addr_s.split(".")
@@ -198,8 +270,9 @@ class ImportPolicy:
             return None
         if not (0 <= plen <= 32) or max(a, b, c, d) > 255 or min(a, b, c, d) < 0:
             return None
-        addr = (a << 24) | (b << 16) | (c << 8) | d
-        own, allow, deny, inside = self._v4_nets()
+        return (a << 24) | (b << 16) | (c << 8) | d, plen
+
+    def _decide_v4_lists(self, a, b, addr, plen, own, allow, deny, inside) -> bool:
         if deny and self._covered(addr, plen, deny):
             return False
         if self.mode == "any":

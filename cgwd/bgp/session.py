@@ -255,6 +255,7 @@ class BgpSession:
         self._pending_wd: dict[str, None] = {}
         self._rib_in: set = set()
         self._batch: dict = {}
+        self._batch_withdraws = False           # some value in _batch is None
         self._failures = 0
         self._closed: dict[bool, _Conn] = {}    # dropped, output not yet drained
         self._limit_trips = 0                   # max-prefix teardowns not yet forgotten
@@ -981,21 +982,24 @@ class BgpSession:
         elif res.errors:
             log.info("BGP %s: UPDATE attribute(s) discarded: %s", self.config.remote_address,
                      "; ".join(res.errors))
+        # the final state per prefix of this input slice (None: withdrawn); whole lists at a
+        # time (dict/set updates in C), in the order of the UPDATE
         batch = self._batch
         rib_in = self._rib_in
-        for p in res.withdrawn:
-            batch[p] = None
-            rib_in.discard(p)
-        if res.announced:
-            r0 = res.announced[0]
-            ok = self._route_acceptable(r0)
-            for r in res.announced:
-                if ok:
-                    batch[r.prefix] = r
-                    rib_in.add(r.prefix)
-                else:
-                    batch[r.prefix] = None
-                    rib_in.discard(r.prefix)
+        if res.withdrawn:
+            batch.update(dict.fromkeys(res.withdrawn))
+            rib_in.difference_update(res.withdrawn)
+            self._batch_withdraws = True
+        ann = res.announced
+        if ann:
+            prefixes = [r.prefix for r in ann]
+            if self._route_acceptable(ann[0]):   # one attribute set per UPDATE: checked once
+                batch.update(zip(prefixes, ann))
+                rib_in.update(prefixes)
+            else:
+                batch.update(dict.fromkeys(prefixes))
+                rib_in.difference_update(prefixes)
+                self._batch_withdraws = True
 
     def _route_acceptable(self, r: Route) -> bool:
         """eBGP checks that RFC 7606 answers with treat-as-withdraw / route ignore."""
@@ -1024,12 +1028,16 @@ class BgpSession:
     def _flush_batch(self) -> None:
         if not self._batch:
             return
-        ann, wd = [], []
-        for p, r in self._batch.items():
-            if r is None:
-                wd.append(p)
-            else:
-                ann.append(r)
+        if self._batch_withdraws:
+            ann, wd = [], []
+            for p, r in self._batch.items():
+                if r is None:
+                    wd.append(p)
+                else:
+                    ann.append(r)
+        else:
+            ann, wd = list(self._batch.values()), []
         self._batch = {}
+        self._batch_withdraws = False
         self._events.append(RoutesReceived(ann, wd))
 

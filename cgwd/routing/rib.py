@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 
 from ..bgp.policy import MAX_PREFIX_ACTIONS, ImportPolicy
@@ -41,6 +42,8 @@ REFUSED_OUTSIDE = "covers_outside_address"
 REFUSED_LIMIT = "max_prefix"
 REFUSED_KEEP = 100_000        # refused routes kept per tunnel for reconfiguration
 GUARDED_MAX = 100_000         # learned prefixes kept unreachable while no tunnel carries them
+_PLEN = {str(i): i for i in range(33)}          # canonical IPv4 prefix lengths
+_inet_pton, _AF_INET = socket.inet_pton, socket.AF_INET
 
 
 @dataclass(frozen=True)
@@ -114,13 +117,20 @@ class _Protected:
         if not self.addresses:
             return None
         if ":" not in prefix:
-            try:
-                a, plen = prefix.split("/")
-                o = [int(x) for x in a.split(".")]
-                plen = int(plen)
-                net = (o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]
-            except (ValueError, IndexError):
-                return None
+            addr_s, _sep, plen_s = prefix.partition("/")
+            plen = _PLEN.get(plen_s)
+            try:    # a canonical spelling (the decoder's): exactly what int() per part reads
+                net = int.from_bytes(_inet_pton(_AF_INET, addr_s), "big") if plen is not None else None
+            except (OSError, ValueError):
+                net = None
+            if net is None:
+                try:
+                    a, plen = prefix.split("/")
+                    o = [int(x) for x in a.split(".")]
+                    plen = int(plen)
+                    net = (o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]
+                except (ValueError, IndexError):
+                    return None
             shift = 32 - plen
             for addr in self._v4:
                 if shift >= 32 or (addr >> shift) == (net >> shift):
@@ -297,18 +307,20 @@ class Rib:
                 self._unpath(p, name)
                 touched.append(p)
         ch = RibChanges()
-        accepts = self.import_policy.accepts
-        covered = self.protected.covered
+        covered = self.protected.covered if self.protected.addresses else None
         limit = self.max_prefix
-        for r in announced:
+        learned, guarded, fail_closed, guard_add = self.learned, self.guarded, self.fail_closed, ch.guard_add
+        if announced.__class__ is not list:
+            announced = list(announced)
+        verdicts = self.import_policy.accepted([r.prefix for r in announced])
+        for r, ok in zip(announced, verdicts):
             p = r.prefix
-            reason = None
-            if not accepts(p):
+            if not ok:
                 reason, detail = REFUSED_POLICY, ""
+            elif covered is not None and (detail := covered(p)) is not None:
+                reason = REFUSED_OUTSIDE
             else:
-                detail = covered(p)
-                if detail is not None:
-                    reason = REFUSED_OUTSIDE
+                reason = None
             if reason is not None:
                 self._refuse(t, r, reason, detail)
                 if p in rib_in:       # previously accepted (policy changed): remove
@@ -317,7 +329,7 @@ class Rib:
                     self._unpath(p, name)
                     touched.append(p)
                 continue
-            if p not in rib_in and limit is not None and len(rib_in) >= limit:
+            if limit is not None and p not in rib_in and len(rib_in) >= limit:
                 if not t.max_prefix_hit:
                     log.warning("tunnel %s: maximum prefix count %d reached (action %s)",
                                 name, limit, self.max_prefix_action)
@@ -328,23 +340,30 @@ class Rib:
                 if self.max_prefix_action == "reset":
                     action = "reset"
                     break
-            refused.pop(p, None)
+            if refused:
+                refused.pop(p, None)
             old = rib_in.get(p)
             if old is not None and old != r:
                 replaced.append(p)
             rib_in[p] = r
-            stale.discard(p)
+            if stale:
+                stale.discard(p)
             d = paths.get(p)
             if d is None:
                 paths[p] = {name: r}
             else:
                 d[name] = r
             touched.append(p)
-            if p not in self.learned:
-                self._learn(p, ch)
+            if p not in learned and len(learned) < GUARDED_MAX:
+                learned.add(p)              # _learn(p, ch), inline
+                if fail_closed and p not in guarded:
+                    guarded.add(p)
+                    guard_add.add(p)
         if action == "reset":
             return ch.merge(self._clear(t)), action
-        ch.merge(self._recompute(touched))
+        # ch holds guard_add only: the selection changes go straight into it (what
+        # ch.merge(self._recompute(touched)) would give, without a second pass)
+        self._recompute(touched, ch)
         for p in replaced:
             if p not in ch.add and p not in ch.replace and any(nh.tunnel == name for nh in self.selected.get(p, ())):
                 ch.updated.add(p)
@@ -484,17 +503,34 @@ class Rib:
         top = cands[0][0]
         return [(c[3], c[4]) for c in cands if c[0] == top]
 
-    def _recompute(self, prefixes) -> RibChanges:
-        ch = RibChanges()
-        sel = self.selected
+    def _nexthops(self, names: tuple) -> tuple:
+        """The interned NextHop tuple of the tunnels ``names`` (as they are now)."""
         tunnels = self.tunnels
-        cache = self._nh_cache
+        key = tuple((n, tunnels[n].ifname, tunnels[n].gateway) for n in names)
+        new = self._nh_cache.get(key)
+        if new is None:
+            new = self._nh_cache[key] = tuple(NextHop(*k) for k in key)
+        return new
+
+    def _recompute(self, prefixes, ch: RibChanges | None = None) -> RibChanges:
+        """Re-select ``prefixes``; the changes go into ``ch`` (a new RibChanges by default,
+        or one without add/replace/remove entries yet)."""
+        if ch is None:
+            ch = RibChanges()
+        sel = self.selected
+        paths = self._paths
+        tunnels = self.tunnels
+        only = {}              # tunnel -> its NextHop tuple when it is a prefix's only path
         for p in dict.fromkeys(prefixes):
-            names = tuple(n for n, _r in self.best(p))
-            key = tuple((n, tunnels[n].ifname, tunnels[n].gateway) for n in names)
-            new = cache.get(key)
-            if new is None:
-                new = cache[key] = tuple(NextHop(*k) for k in key)
+            d = paths.get(p)
+            if d is not None and len(d) == 1:
+                # one path (best() would return it if its tunnel is up): the common case
+                for name in d:
+                    new = only.get(name)
+                    if new is None:
+                        new = only[name] = self._nexthops((name,) if tunnels[name].up else ())
+            else:
+                new = self._nexthops(tuple(n for n, _r in self.best(p)))
             old = sel.get(p)
             if new:
                 if old is None:
