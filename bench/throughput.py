@@ -1,7 +1,7 @@
 """TCP throughput and ping RTT through cgwd's userspace ESP vs the reference stack, same run.
 
     .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 2] [--suites aes128-sha1,aes128gcm16]
-                                         [--nat] [--tunnels 2] [--only cgwd|reference]
+                                         [--nat] [--tunnels 2] [--only cgwd|reference] [--pps 64,200,1300]
 
 For each ESP suite one lab is built (strongSwan libipsec + BIRD play the AWS endpoints, in
 network namespaces on this machine).  Then, ``--rounds`` times, alternating:
@@ -15,7 +15,8 @@ Each gets 50 pings on the idle tunnel, then iperf3 TCP on-prem (10.200.0.10) -> 
 (10.100.0.10) and the reverse (``-R``).  The table prints Mbit/s, RTT (average and median of
 the pings) and cgwd/reference ratios from the same run (medians over the rounds); each
 round also shows the TCP retransmissions iperf3 counted and the CPU the customer-side
-gateway process (cgwd, or the reference's charon) spent per GB carried: on this shared
+gateway process (cgwd, or the reference's charon) spent per GB carried (with ``--pps``, also
+iperf3 UDP of each payload size each way at 150,000 packets/s offered: packets/s received, loss, CPU per packet): on this shared
 2-core machine, where the AWS-side charon competes for the same cores, that is the
 steadiest efficiency figure.  All traffic stays inside the lab's namespaces.  Run as root.
 """
@@ -82,6 +83,36 @@ def iperf(lab: Lab, seconds: int, reverse: bool) -> tuple[float, int, float]:
         return 0.0, 0, 0.0
 
 
+def udp_rate(lab: Lab, seconds: int, size: int, reverse: bool) -> tuple[float, float, float]:
+    """(packets/s received, % lost, gateway CPU microseconds per packet received) of one
+    iperf3 UDP run at PPS_OFFERED packets/s with ``size``-byte payloads from the on-prem host (``reverse``:
+    the VPC host sends)."""
+    # offered: PPS_OFFERED packets/s (AWS rates a tunnel at ~140,000); unlimited (-b 0) starves
+    # iperf3's own control connection through the same tunnel and the run fails
+    args = ["iperf3", "-c", lab.spec.vpc_host, "-p", str(PORT), "-t", str(seconds), "-J", "-u",
+            "-b", str(PPS_OFFERED * size * 8), "-l", str(size)]
+    if reverse:
+        args.append("-R")
+    cpu0 = gateway_cpu(lab)
+    p = lab.onprem.run(args, check=False, timeout=seconds + 60)
+    cpu = gateway_cpu(lab) - cpu0
+    try:
+        data = json.loads(p.stdout)
+        if data.get("error"):
+            raise KeyError(data["error"])
+        end = data["end"]
+        rx = end.get("sum_received") or end["sum"]
+        total = end["sum"]["packets"]
+        lost = end["sum"].get("lost_packets", 0)
+        got = max(total - lost, 0)
+        secs = rx.get("seconds") or seconds
+        return got / secs, 100.0 * lost / total if total else 0.0, cpu * 1e6 / got if got else 0.0
+    except (ValueError, KeyError):
+        err = p.stdout[-300:] if not p.stdout.lstrip().startswith("{") else json.loads(p.stdout).get("error", "?")
+        print(f"  iperf3 UDP failed: {err} {p.stderr[-300:]}", file=sys.stderr)
+        return 0.0, 0.0, 0.0
+
+
 def ping_rtt(lab: Lab, count: int) -> tuple[float, float]:
     """(average, median) RTT in ms of ``count`` pings 0.1 s apart ((0, 0) when any was lost).
     The median is the steadier figure on a shared machine: one descheduled ping moves the
@@ -95,6 +126,10 @@ def ping_rtt(lab: Lab, count: int) -> tuple[float, float]:
     return statistics.fmean(rtts), statistics.median(rtts)
 
 
+PPS_SIZES: list[int] = []   # --pps: UDP payload sizes for the packet-rate runs
+PPS_OFFERED = 150_000       # packets/s the UDP sender offers
+
+
 def measure(lab: Lab, seconds: int, pings: int) -> dict:
     lab.wait_ping(60)
     # RTT of the idle tunnel first: right after a bulk transfer a single-threaded process
@@ -104,8 +139,13 @@ def measure(lab: Lab, seconds: int, pings: int) -> dict:
     avg, median = ping_rtt(lab, pings)
     up, up_re, up_cpu = iperf(lab, seconds, False)
     down, down_re, down_cpu = iperf(lab, seconds, True)
-    return {"up": up, "down": down, "rtt": avg, "rtt_med": median, "retrans": (up_re, down_re),
-            "cpu_up": up_cpu, "cpu_down": down_cpu}
+    res = {"up": up, "down": down, "rtt": avg, "rtt_med": median, "retrans": (up_re, down_re),
+           "cpu_up": up_cpu, "cpu_down": down_cpu}
+    for size in PPS_SIZES:
+        for way, rev in (("up", False), ("down", True)):
+            pps, loss, us = udp_rate(lab, seconds, size, rev)
+            res[f"pps{size}_{way}"], res[f"loss{size}_{way}"], res[f"us{size}_{way}"] = pps, loss, us
+    return res
 
 
 def aws_clear(lab: Lab) -> None:
@@ -153,7 +193,8 @@ def bench_suite(name: str, proposal: str, a) -> dict:
     res = {"cgwd": [], "reference": []}
     try:
         lab.up()
-        lab.procs.append(lab.vpc.popen(["iperf3", "-s", "-p", str(PORT)]))
+        # bound to the VPC host: a UDP reply must come from the address the client sent to
+        lab.procs.append(lab.vpc.popen(["iperf3", "-s", "-p", str(PORT), "-B", spec.vpc_host]))
         config = import_config(lab)
         for r in range(a.rounds):
             for who in ("cgwd", "reference"):
@@ -164,6 +205,11 @@ def bench_suite(name: str, proposal: str, a) -> dict:
                 print(f"  {name:12s} round {r + 1} {who:9s}: up {m['up']:7.1f} Mbit/s  down {m['down']:7.1f}"
                       f" Mbit/s  rtt avg {m['rtt']:.3f} med {m['rtt_med']:.3f} ms  (TCP retransmits {m['retrans'][0]}/"
                       f"{m['retrans'][1]}; gateway CPU s/GB {m['cpu_up']:.2f}/{m['cpu_down']:.2f})", flush=True)
+                for size in PPS_SIZES:
+                    print(f"  {'':12s}         {who:9s}: UDP {size} B: up {m[f'pps{size}_up']:8.0f} pkt/s "
+                          f"({m[f'loss{size}_up']:.1f} % lost, {m[f'us{size}_up']:.1f} us CPU/pkt)  down "
+                          f"{m[f'pps{size}_down']:8.0f} pkt/s ({m[f'loss{size}_down']:.1f} % lost, "
+                          f"{m[f'us{size}_down']:.1f} us CPU/pkt)", flush=True)
                 res[who].append(m)
     finally:
         lab.down()
@@ -187,7 +233,10 @@ def main() -> int:
     ap.add_argument("--tunnels", type=int, default=2)
     ap.add_argument("--nat", action="store_true")
     ap.add_argument("--only", choices=("cgwd", "reference"))
+    ap.add_argument("--pps", default="", help="UDP payload sizes for packet-rate runs, e.g. 64,200,1300 "
+                    "(iperf3 UDP at 150,000 pkt/s offered each way: packets/s received, loss, gateway CPU per packet)")
     a = ap.parse_args()
+    PPS_SIZES[:] = [int(x) for x in a.pps.split(",") if x]
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -212,6 +261,15 @@ def main() -> int:
                 ratio.append(med(res["cgwd"], k) / ref if ref else float("nan"))
             print(f"{name:12s} {'ratio':9s} {ratio[0]:10.2f} {ratio[1]:11.2f} {ratio[2]:10.2f} {ratio[3]:10.2f}"
                   f" {ratio[4]:11.2f} {ratio[5]:5.2f}")
+    for name, res in table:
+        for size in PPS_SIZES:
+            cols = []
+            for way in ("up", "down"):
+                c, r = med(res["cgwd"], f"pps{size}_{way}"), med(res["reference"], f"pps{size}_{way}")
+                cu, ru = med(res["cgwd"], f"us{size}_{way}"), med(res["reference"], f"us{size}_{way}")
+                cols.append(f"{way} {c:.0f} vs {r:.0f} pkt/s ({c / r if r else float('nan'):.2f}), CPU/pkt "
+                            f"{cu:.1f} vs {ru:.1f} us ({cu / ru if ru else float('nan'):.2f})")
+            print(f"{name:12s} UDP {size:4d} B: " + "; ".join(cols))
     print("(ratio = cgwd/reference, same run; targets: throughput >= 1.0, RTT <= 1.2; CPU s/GB is the"
           " customer-side gateway process's CPU per GB carried: lower is better)")
     print(f"# end load {os.getloadavg()[0]:.2f}")
