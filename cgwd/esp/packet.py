@@ -187,7 +187,8 @@ class EspDecoder:
             raise self._drop("truncated")
         seq = _HDR.unpack_from(packet)[1]
         window = self._window
-        if seq <= window.top or not seq:  # in-order new packets skip the full check
+        top = window.top
+        if seq <= top or not seq:  # in-order new packets skip the full check
             why = window.check(seq)
             if why is not None:
                 if why == "seq_zero":
@@ -221,7 +222,13 @@ class EspDecoder:
         end = len(pt) - 2 - padlen
         if end < start or pt[end:-2] != PADDING[padlen]:
             raise self._drop("bad_padding")
-        window.update(seq)
+        # window.update(seq), inlined (a call is ~6 % of a packet's decrypt)
+        if seq > top:
+            shift = seq - top
+            window.bitmap = 1 if shift >= window.size else ((window.bitmap << shift) | 1) & window._mask
+            window.top = seq
+        else:
+            window.bitmap |= 1 << (top - seq)
         c.packets += 1
         c.bytes += end - start
         return pt[-1], pt[start:end]

@@ -240,3 +240,35 @@ def test_we_decrypt_scapys(enc, integ):
         ssa.seq_num = 100 + i
         esp = ssa.encrypt(IP(inner))
         assert d.decrypt(bytes(esp[scapy_ipsec.ESP])) == (4, inner)
+
+
+@pytest.mark.parametrize("enc,integ", [("aes128", "sha1"), ("aes128gcm16", None)])
+def test_replay_decisions_match_rfc4303_model(enc, integ):
+    """The decoder's replay window (its update is inlined in decrypt) accepts exactly what
+    RFC 4303 3.4.3 allows: new, non-zero, and above top - window; seeded random orders
+    with duplicates, old packets and jumps beyond the window."""
+    import random
+
+    for seed in range(6):
+        rng = random.Random(seed)
+        a, b = mirrored(enc, integ)
+        e, d = EspEncoder(SaPair(a).outbound), EspDecoder(SaPair(b, replay_window=64).inbound)
+        pkts = [e.encrypt(inner_packet(8)) for _ in range(400)]
+        seen: set[int] = set()
+        top = 0
+        for _ in range(600):
+            seq = rng.choice([top + 1, top + rng.randint(1, 90), max(1, top - rng.randint(0, 80)),
+                              rng.randint(1, 400)])
+            seq = min(seq, 400)
+            ok = seq not in seen and seq > top - 64
+            try:
+                d.decrypt(pkts[seq - 1])
+                accepted = True
+            except EspDrop as drop:
+                accepted = False
+                assert str(drop) in ("replay_duplicate", "replay_too_old"), drop
+            assert accepted == ok, (seed, seq, top)
+            if ok:
+                seen.add(seq)
+                top = max(top, seq)
+        assert d._window.top == top
