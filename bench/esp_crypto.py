@@ -13,6 +13,12 @@ limit is mostly HMAC).  Ratio = ours / openssl of the same direction.
 The machine is shared (labs of other runs, 2 cores), so both sides are measured as the
 best of several short trials (``--trials``; openssl: best of 3 one-second runs), each
 suite's OpenSSL reference right before its own measurement.
+
+``--callgrind``: where a packet's decrypt goes, in instructions (valgrind's callgrind, so
+the figure does not depend on the machine's load): the script runs itself under callgrind
+decrypting N and 2N packets, and N and 2N packets only generated, and prints the per-packet
+difference by part (OpenSSL's AES core, OpenSSL/cryptography per-call set-up, the
+interpreter, allocation, copies, Python ints).
 """
 
 from __future__ import annotations
@@ -85,6 +91,58 @@ def bench_suite(enc, integ, n, size, trials):
     return best_enc, best_dec
 
 
+def _decrypt_only(enc: str, integ: str | None, n: int, decrypt: bool) -> None:
+    """The callgrind subject: generate ``n`` packets, then (``decrypt``) decrypt them."""
+    sp = SaPair(pair_for(enc, integ), replay_window=1024)
+    e, d = EspEncoder(sp.outbound), EspDecoder(sp.inbound)
+    inner = b"\x45" + os.urandom(1399)
+    pkts = [e.encrypt(inner) for _ in range(n)]
+    if decrypt:
+        for p in pkts:
+            d.decrypt(p)
+
+
+PARTS = (("cipher + MAC core (OpenSSL)", lambda fn, obj: "aesni" in fn or "gcm_ghash" in fn or "gcm128" in fn
+          or fn.startswith("sha1_block") or fn.startswith("aes_")),
+         ("OpenSSL/cryptography per call", lambda fn, obj: "libcrypto" in obj or "_rust" in obj),
+         ("allocation", lambda fn, obj: "alloc" in fn.lower() or "free" in fn.lower() or "unlink_chunk" in fn),
+         ("copies (memcpy/memset)", lambda fn, obj: "memcpy" in fn or "memset" in fn or "memmove" in fn),
+         ("Python ints", lambda fn, obj: "long" in fn.lower()),
+         ("interpreter (ceval)", lambda fn, obj: "EvalFrame" in fn),
+         ("other Python runtime", lambda fn, obj: True))
+
+
+def callgrind_profile(enc: str, integ: str | None, n: int = 5000) -> dict[str, float]:
+    """Instructions per decrypted packet by part (see the module doc)."""
+    import collections
+    import tempfile
+
+    counts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for decrypt in (False, True):
+            for k in (n, 2 * n):
+                out = os.path.join(tmp, f"cg.{int(decrypt)}.{k}")
+                subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                                __file__, "--callgrind-subject", f"{enc},{integ or ''},{k},{int(decrypt)}"],
+                               check=True, capture_output=True, timeout=1800)
+                ann = subprocess.run(["callgrind_annotate", "--threshold=100", out], capture_output=True,
+                                     text=True, check=True).stdout
+                fns = collections.Counter()
+                for ln in ann.splitlines():
+                    m = re.match(r"\s*([\d,]+)\s+\([\s\d.]+%\)\s+(.*)$", ln)
+                    if m and "PROGRAM TOTALS" not in m.group(2):
+                        fns[m.group(2).strip()] += int(m.group(1).replace(",", ""))
+                counts[(decrypt, k)] = fns
+    parts = collections.Counter()
+    for key in set().union(*counts.values()):
+        v = (counts[(True, 2 * n)][key] - counts[(True, n)][key]
+             - counts[(False, 2 * n)][key] + counts[(False, n)][key]) / n
+        obj = key.rsplit(" [", 1)[1] if " [" in key else ""
+        fn = key.split(" [", 1)[0].rsplit(":", 1)[-1]
+        parts[next(name for name, test in PARTS if test(fn, obj))] += v
+    return dict(parts)
+
+
 def best_openssl(args: list[str], runs: int = 3) -> float | None:
     vals = [v for v in (openssl_speed(args) for _ in range(runs)) if v]
     return max(vals) if vals else None
@@ -95,7 +153,22 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument("--size", type=int, default=1400)
     ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instructions per decrypted packet by part, under valgrind (not timed)")
+    ap.add_argument("--callgrind-subject", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.callgrind_subject:
+        enc, integ, k, decrypt = a.callgrind_subject.split(",")
+        _decrypt_only(enc, integ or None, int(k), decrypt == "1")
+        return
+    if a.callgrind:
+        for enc, integ, label in SUITES[:2]:
+            parts = callgrind_profile(enc, integ, max(a.packets // 40, 200))
+            total = sum(parts.values())
+            print(f"{label}: {total:,.0f} instructions per decrypted {a.size}-byte packet (callgrind)")
+            for name, v in sorted(parts.items(), key=lambda x: -x[1]):
+                print(f"  {name:32s} {v:8,.0f}  {100 * v / total:5.1f} %")
+        return
     print(f"# load {os.getloadavg()[0]:.2f}; best of {a.trials} trials of {a.packets // a.trials} packets"
           f" of {a.size} bytes; openssl speed best of 3 x 1 s (1024-byte blocks)")
     print(f"{'suite':28s} {'enc us/pkt':>10s} {'enc MB/s':>8s} {'ossl enc':>8s} {'ratio':>5s}"
