@@ -18,6 +18,13 @@ Checked in the real peers and the kernels:
 * a reload changing ``med`` 50 -> 70 applies in place (same session: no new OPEN, same
   uptime) and BIRD sees MED 70;
 * both AWS endpoints die: BIRD loses the VPC prefix, the LAN session and BFD stay Up.
+
+The FRR variant (zebra + bgpd + bfdd, cgwd.lab.frr; eBGP over IPv6, MD5, ``neighbor X bfd``):
+FRR sees both halves of the next hop and zebra installs the VPC's prefix via cgwd's link-local
+address (FRR's choice for a directly connected IPv6 peer: the half cgwd did not send before
+RFC 2545's link-local was added), with the MED; BFD Up at both ends; its allowed prefix
+reaches AWS (the denied one does not) and ping6 from it reaches the VPC; cgwd's shutdown
+takes the VPC prefix away.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import pytest
 from cgwd.lab.bird import BgpNeighbor, Bird, BirdConfig
 from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, import_config, start_cgwd
 from cgwd.lab.faults import kill_endpoint
+from cgwd.lab.frr import Frr, FrrConfig, FrrNeighbor, frr_available
 from cgwd.lab.netns import run, wait_for
 from test_ipv6_vpn import ping6_ok
 
@@ -201,3 +209,58 @@ def test_lan_bgp_over_ipv6_with_bird_bfd_med_and_the_vpc_ipv6_prefix(lab_factory
     assert lab.cgw.ip("-6 route show proto 157", check=False).stdout.strip() == ""
     log = open(log_path).read()
     assert "Traceback" not in log and MD5 not in log and MD5 not in text
+
+
+need_frr = pytest.mark.skipif(frr_available(bfd=True) is not None, reason=f"{frr_available(bfd=True)} (optional)")
+FRR_ALLOWED6, FRR_SOURCE6 = "2001:db8:201:2::/64", "2001:db8:201:2::10"
+
+
+@need_frr
+def test_lan_bgp_over_ipv6_with_frr_routes_via_cgwds_link_local_address(lab_factory):
+    lab = lab_factory(ipv6=True, prefix=f"l6f{os.getpid() % 1000}x{next(_n)}")
+    s = lab.spec
+    lab.onprem.ip(f"-6 addr add {FRR_SOURCE6}/128 dev lo")
+    cgw_ll = _link_local(lab.cgw, "lan0")
+    frr = Frr(lab.onprem, os.path.join(lab.workdir, "onprem-frr"), FrrConfig(
+        router_id=s.onprem_host, asn=ROUTER_AS, networks=[FRR_ALLOWED6, DENIED6],
+        neighbors=[FrrNeighbor(CGW_LAN6, s.cgw_asn, password=MD5, bfd=True)]), bfd=True)
+    frr.start()
+    lab.procs.extend(frr.procs.values())
+    config = _config(lab)
+    proc = start_cgwd(lab, config)
+    log_path = os.path.join(lab.workdir, "cgwd.log")
+    wait_for(lambda: proc.poll() is not None or cgwd_ready(lab), 60, interval=0.3, what="cgwd tunnels + BGP")
+    assert proc.poll() is None, open(log_path).read()[-3000:]
+
+    path = wait_for(lambda: frr.best_path(s.vpc_cidr6), 60, interval=0.5, what="FRR to learn the VPC's IPv6 prefix")
+    print(f"\nFRR's best path to {s.vpc_cidr6}: {path}")
+    hops = {h.get("scope"): h.get("ip") for h in path.get("nexthops") or []}
+    assert hops == {"global": CGW_LAN6, "link-local": cgw_ll}, path
+    assert path.get("metric") == MED, path
+    assert (path.get("aspath") or {}).get("string") == f"{s.cgw_asn} {s.aws_asn}", path
+    kroute = wait_for(lambda: lab.onprem.ip(f"-6 route show {s.vpc_cidr6} proto bgp", check=False).stdout.strip(),
+                      20, interval=0.5, what="zebra to install the VPC's prefix")
+    print(f"on-prem kernel (zebra): {kroute}")
+    assert re.fullmatch(rf"{re.escape(s.vpc_cidr6)} nhid \d+ via {re.escape(cgw_ll)} dev eth0 .*", kroute) or \
+        re.fullmatch(rf"{re.escape(s.vpc_cidr6)} via {re.escape(cgw_ll)} dev eth0 .*", kroute), kroute
+
+    wait_for(lambda: frr.bfd_peer(CGW_LAN6).get("status") == "up"
+             and _neighbor(lab).get("bfd", {}).get("state") == "up", 30, interval=0.3,
+             what="BFD over IPv6 Up at both ends (FRR's bfdd)")
+    for t in lab.tunnels:
+        wait_for(lambda: FRR_ALLOWED6 in t.bird.routes("cgw"), 30, interval=0.5,
+                 what=f"aws{t.index} to learn {FRR_ALLOWED6}")
+        assert DENIED6 not in t.bird.routes("cgw")
+    wait_for(lambda: ping6_ok(lab.onprem, s.vpc_host6, 1, src=FRR_SOURCE6), 20, interval=0.5,
+             what="ping6 from FRR's allowed prefix to the VPC")
+    assert ping6_ok(lab.vpc, FRR_SOURCE6, 3, src=s.vpc_host6)
+    n = _neighbor(lab)
+    assert n["received"] == [FRR_ALLOWED6] and list(n["refused"]) == [DENIED6] and n["sent"] == [s.vpc_cidr6]
+
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert proc.returncode == 0
+    wait_for(lambda: frr.best_path(s.vpc_cidr6) is None, 30, interval=0.5,
+             what="FRR to lose the VPC's prefix when cgwd stops")
+    log = open(log_path).read()
+    assert "Traceback" not in log and MD5 not in log
