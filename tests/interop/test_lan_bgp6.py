@@ -29,7 +29,6 @@ takes the VPC prefix away.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -52,7 +51,6 @@ ALLOWED6, DENIED6 = "2001:db8:201:1::/64", "2001:db8:202::/64"
 SOURCE6 = "2001:db8:201:1::10"         # an on-prem address inside the allowed prefix
 MED, MED2 = 50, 70
 BFD_MS, MULT = 300, 3
-_n = itertools.count(1)
 
 
 class _BfdBirdConfig(BirdConfig):
@@ -116,7 +114,7 @@ def _detail(bird: Bird, prefix: str) -> str:
 
 
 def test_lan_bgp_over_ipv6_with_bird_bfd_med_and_the_vpc_ipv6_prefix(lab_factory):
-    lab = lab_factory(ipv6=True, prefix=f"l6b{os.getpid() % 1000}x{next(_n)}")
+    lab = lab_factory(ipv6=True)
     s = lab.spec
     lab.onprem.ip(f"-6 addr add {SOURCE6}/128 dev lo")
     cgw_ll = _link_local(lab.cgw, "lan0")
@@ -217,7 +215,7 @@ FRR_ALLOWED6, FRR_SOURCE6 = "2001:db8:201:2::/64", "2001:db8:201:2::10"
 
 @need_frr
 def test_lan_bgp_over_ipv6_with_frr_routes_via_cgwds_link_local_address(lab_factory):
-    lab = lab_factory(ipv6=True, prefix=f"l6f{os.getpid() % 1000}x{next(_n)}")
+    lab = lab_factory(ipv6=True)
     s = lab.spec
     lab.onprem.ip(f"-6 addr add {FRR_SOURCE6}/128 dev lo")
     cgw_ll = _link_local(lab.cgw, "lan0")
