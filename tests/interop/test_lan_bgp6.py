@@ -17,7 +17,9 @@ Checked in the real peers and the kernels:
 * BFD over IPv6 is Up at both ends (``birdc show bfd sessions``, ``cgwctl status --json``);
 * a reload changing ``med`` 50 -> 70 applies in place (same session: no new OPEN, same
   uptime) and BIRD sees MED 70;
-* both AWS endpoints die: BIRD loses the VPC prefix, the LAN session and BFD stay Up.
+* both AWS endpoints die: BIRD loses the VPC prefix, the LAN session and BFD stay Up;
+* the router's BFD packets are dropped (nft in its namespace): cgwd declares BFD Down within
+  the 900 ms detection time and closes BGP.
 
 The FRR variant (zebra + bgpd + bfdd, cgwd.lab.frr; eBGP over IPv6, MD5, ``neighbor X bfd``):
 FRR sees both halves of the next hop and zebra installs the VPC's prefix via cgwd's link-local
@@ -32,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -193,13 +196,30 @@ def test_lan_bgp_over_ipv6_with_bird_bfd_med_and_the_vpc_ipv6_prefix(lab_factory
     assert f"MED {MED2}" in cgwctl_status(lab)
 
     # both AWS endpoints die: the router loses the VPC's prefix, the LAN session and BFD stay
+    t_kill = time.monotonic()
     for t in lab.tunnels:
         kill_endpoint(lab, t)
     wait_for(lambda: s.vpc_cidr6 not in router.routes("cgw"), 120, interval=0.5,
              what="the VPC's IPv6 prefix to be withdrawn from the LAN router")
+    print(f"both endpoints dead -> BIRD lost the VPC's IPv6 prefix after {time.monotonic() - t_kill:.1f} s")
     assert router.established("cgw") and _bird_bfd(router) == "Up"
     n = _neighbor(lab)
     assert n["sent"] == [] and n["state"] == "established" and n["bfd"]["state"] == "up"
+
+    # BFD over IPv6 detects: the router's BFD packets dropped in its namespace, cgwd declares
+    # BFD Down within the detection time and closes BGP (hold timer: 30 s)
+    lab.onprem.run(["nft", "add table ip6 bfd6test"], check=True)
+    lab.onprem.run(["nft", "add chain ip6 bfd6test out { type filter hook output priority 0 ; }"], check=True)
+    t0 = time.time()
+    lab.onprem.run(["nft", "add rule ip6 bfd6test out udp dport 3784 drop"], check=True)
+    wait_for(lambda: _neighbor(lab).get("bfd", {}).get("bgp_teardowns") == 1, 10, interval=0.1,
+             what="cgwd to declare BFD Down over IPv6 and close BGP")
+    n = _neighbor(lab)
+    took = n["bfd"]["last_teardown_at"] - t0
+    print(f"IPv6 router silenced -> BFD Down + BGP closed in {took * 1000:.0f} ms (detection {BFD_MS * MULT} ms)")
+    assert 0 < took <= BFD_MS * MULT / 1000 + 0.25, took
+    assert n["bfd"]["last_down_diag"] == "control detection time expired" and n["state"] != "established"
+    lab.onprem.run(["nft", "delete table ip6 bfd6test"], check=True)
 
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
