@@ -6,7 +6,8 @@ the zebra API socket (``-z``), bfdd's control socket (``--bfdctl``), pid files a
 vty (``-P 0``). One integrated configuration per daemon, rendered from :class:`FrrConfig`.
 :meth:`Frr.vtysh` runs vtysh against that directory; :meth:`Frr.json` parses a ``... json``
 command. zebra installs bgpd's routes in the namespace's kernel (protocol ``bgp``), with
-``maximum-paths`` as one multipath route (ECMP).
+``maximum-paths`` as one multipath route (ECMP). A neighbor's address family picks its
+``address-family`` block (``ipv4`` or ``ipv6 unicast``), and ``networks`` go to theirs.
 
 bfdd: ``neighbor X bfd`` on a BGP neighbor makes bgpd ask bfdd (through zebra) for a single-hop
 session with bfdd's defaults (300 ms, multiplier 3, echo off); ``FrrNeighbor.bfd_profile``
@@ -70,19 +71,27 @@ class FrrConfig:
                 nb.append(f" neighbor {n.address} password {n.password}")
             if n.bfd:
                 nb.append(f" neighbor {n.address} bfd" + (f" profile {n.bfd_profile}" if n.bfd_profile else ""))
-        af = [f"  network {p}" for p in self.networks]
-        if self.maximum_paths > 1:
-            af.append(f"  maximum-paths {self.maximum_paths}")
-        for n in self.neighbors:
-            af += [f"  neighbor {n.address} activate", f"  neighbor {n.address} route-map ALL in",
-                   f"  neighbor {n.address} route-map OWN out"]
-        own = [f"ip prefix-list OWN seq {5 * (i + 1)} permit {p}" for i, p in enumerate(self.networks)]
+        own, maps, afs = [], [], []
+        for fam, v6 in (("ipv4", False), ("ipv6", True)):
+            nets = [p for p in self.networks if (":" in p) == v6]
+            nbs = [n for n in self.neighbors if (":" in n.address) == v6]
+            if v6 and not nets and not nbs:
+                continue
+            name, kw = ("OWN6", "ipv6") if v6 else ("OWN", "ip")
+            own += [f"{kw} prefix-list {name} seq {5 * (i + 1)} permit {p}" for i, p in enumerate(nets)]
+            maps += [f"route-map {name} permit 10", f" match {kw} address prefix-list {name}", "!"]
+            af = [f"  network {p}" for p in nets]
+            if self.maximum_paths > 1:
+                af.append(f"  maximum-paths {self.maximum_paths}")
+            for n in nbs:
+                af += [f"  neighbor {n.address} activate", f"  neighbor {n.address} route-map ALL in",
+                       f"  neighbor {n.address} route-map {name} out"]
+            afs += [f" address-family {fam} unicast", *af, " exit-address-family"]
         return "\n".join([
             "frr defaults traditional", "hostname router", f"log file {log} informational", *own,
-            "route-map ALL permit 10", "!", "route-map OWN permit 10", " match ip address prefix-list OWN", "!",
+            "route-map ALL permit 10", "!", *maps,
             f"router bgp {self.asn}", f" bgp router-id {self.router_id}",
-            " no bgp default ipv4-unicast", " no bgp network import-check", *nb, " address-family ipv4 unicast", *af,
-            " exit-address-family", "!", ""])
+            " no bgp default ipv4-unicast", " no bgp network import-check", *nb, *afs, "!", ""])
 
     def bfdd(self, log: str) -> str:
         lines = ["frr defaults traditional", "hostname router", f"log file {log} informational", "bfd"]
@@ -162,7 +171,8 @@ class Frr:
         return self.neighbor(address).get("bgpState") == "Established"
 
     def paths(self, prefix: str) -> list[dict]:
-        return (self.json(f"show bgp ipv4 unicast {prefix} json", "bgpd") or {}).get("paths") or []
+        fam = "ipv6" if ":" in prefix else "ipv4"
+        return (self.json(f"show bgp {fam} unicast {prefix} json", "bgpd") or {}).get("paths") or []
 
     def best_path(self, prefix: str) -> dict | None:
         for p in self.paths(prefix):

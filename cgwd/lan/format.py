@@ -41,7 +41,8 @@ def format_lan(lan: dict, now: float) -> list[str]:
         if refused:
             out.append(f"    refused {len(refused)}: " + _some(f"{p} ({why})" for p, why in refused.items()))
         sent = n.get("sent") or []
-        out.append(f"    we sent {len(sent)} (next hop {n.get('local_address')}): {_some(sent)}")
+        hop = " ".join(n.get("next_hop") or [str(n.get("local_address"))])
+        out.append(f"    we sent {len(sent)} (next hop {hop}): {_some(sent)}")
         looped = n.get("looped") or []
         if looped:
             out.append(f"    ! {len(looped)} carry AS{n.get('remote_asn')} in their AS path (from AWS): the router "

@@ -13,7 +13,11 @@ Daemon wiring::
 
 A router's session is a BgpSession (sans-IO) with its BgpSpeaker bound to the LAN address
 (which is the next hop of everything announced: next hop self), TCP MD5 when a password is
-configured. A password the kernel cannot apply keeps the session down (never unsigned).
+configured. A password the kernel cannot apply keeps the session down (never unsigned). On an
+IPv6 session with a router on a shared link (the route to it has no gateway) the next hop is
+32 octets, RFC 2545 3: the LAN address, then the link-local address of the interface towards
+the router, as the tunnels' IPv6 sessions send it; a router reached through a gateway gets the
+global address alone.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from ..config import TunnelConfig
 from ..routing.source import ORIGINATED, LearnedPath
 from ..routing.table import RoutingSettings
 from ..seams import PartState, Reconfigured
-from ..tunnel.bgp_part import _wall, exports
+from ..tunnel.bgp_part import _wall, exports, link_local_of
 from .bfd import LanBfd
 from .config import AS_PATH_AWS, LAN_IN_PLACE, LanNeighborConfig
 from .core import AwsPlan, LanExchange, Verdict
@@ -61,9 +65,12 @@ def peer_config(c: LanNeighborConfig) -> BgpPeerConfig:
 class LanNeighbor:
     """One on-prem router's session (the TunnelPart life cycle)."""
 
-    def __init__(self, cfg: LanNeighborConfig, on_event: Callable[["LanNeighbor", object], None]) -> None:
+    def __init__(self, cfg: LanNeighborConfig, on_event: Callable[["LanNeighbor", object], None], *,
+                 link_local: Callable[[str], str | None] | None = None) -> None:
         self.cfg = cfg
         self.on_event = on_event
+        #: the router's address -> our link-local address on the link shared with it, or None
+        self.link_local = link_local
         self.session = BgpSession(peer_config(cfg))
         self.speaker: BgpSpeaker | None = None
         self.up_since: float | None = None
@@ -90,6 +97,11 @@ class LanNeighbor:
                 log.error("lan=%s event=lan-md5-unavailable reason=%s", self.name, why)
                 self._state = PartState.DOWN
                 return
+        if self.cfg.address.version == 6 and self.link_local is not None:
+            ll = await asyncio.get_running_loop().run_in_executor(None, self.link_local, str(self.cfg.address))
+            self.session.set_link_local_next_hop(ll)
+            log.info("lan=%s event=lan-next-hop global=%s link_local=%s", self.name, self.cfg.local_address,
+                     ll or "none")
         sp = BgpSpeaker(self.session, local_address=str(self.cfg.local_address), remote_address=str(self.cfg.address),
                         on_event=self._on_event, md5_key=self.cfg.password or None)
         try:
@@ -173,6 +185,7 @@ class LanNeighbor:
             "md5": bool(c.password), "vpns": list(c.vpns), "import": c.import_filter.to_config(),
             "max_prefix": c.max_prefix, "summarise": [str(p) for p in c.summarise],
             "prepend": c.prepend, "med": c.med, "as_path": c.as_path,
+            "next_hop": [str(c.local_address)] + [a for a in (self.session.config.link_local_next_hop,) if a],
             "messages_in": st.get("messages_in"), "messages_out": st.get("messages_out"),
             "last_error": self.last_error or st.get("last_error") or None,
             "bfd": self.bfd.status(),
@@ -219,6 +232,22 @@ def interface_towards(address: str) -> str | None:
         return None
 
 
+def link_local_towards(address: str) -> str | None:
+    """Our link-local address on the link shared with ``address`` (RFC 2545 3: the kernel's
+    route to it has no gateway), or None: reached through a gateway, or no such address."""
+    from pyroute2 import IPRoute
+    try:
+        with IPRoute() as ipr:
+            found = ipr.route("get", dst=address)
+            if not found or found[0].get_attr("RTA_GATEWAY"):
+                return None
+            oif = found[0].get_attr("RTA_OIF")
+            ifname = socket.if_indextoname(oif) if oif else None
+    except Exception:  # noqa: BLE001 - pyroute2's NetlinkError (no route) is not an OSError
+        return None
+    return link_local_of(ifname) if ifname else None
+
+
 def lan_routing_settings(config) -> RoutingSettings:
     """The LAN routing table's settings: the routers' prefixes went through their import
     filters already; none may cover a tunnel's outside address (IKE and ESP must not follow
@@ -235,8 +264,10 @@ def lan_key(name: str) -> str:
 
 class LanBgp:
     def __init__(self, targets: Callable[[], Iterable[ExportTarget]], *, table=None,
-                 resolve: Callable[[str], str | None] = interface_towards) -> None:
+                 resolve: Callable[[str], str | None] = interface_towards,
+                 link_local: Callable[[str], str | None] = link_local_towards) -> None:
         self.targets = targets
+        self.link_local = link_local
         #: a RoutingTable for the routers' accepted prefixes, so that the box forwards the VPC's
         #: return traffic to the router that gave them (None: the kernel is not told)
         self.table = table
@@ -366,7 +397,7 @@ class LanBgp:
         if not self.neighbors:          # the tables were not followed while no router was configured
             for vpn, table in self.tables.items():
                 self.exchange.set_carried(vpn, table.rib.carried())
-        n = LanNeighbor(cfg, self._on_event)
+        n = LanNeighbor(cfg, self._on_event, link_local=self.link_local)
         self.neighbors[cfg.name] = n
         self.exchange.add_router(cfg.name, cfg.vpns, cfg.import_filter, cfg.max_prefix, cfg.summarise)
         if self.table is not None:

@@ -1,8 +1,10 @@
 """Fixtures that build the lab topology (cgwd.lab) for interop tests, and always tear it down.
 
 `lab_factory(**spec)` builds a Lab with the given LabSpec fields (proposals, lifetimes, DPD,
-NAT, number of tunnels, ...). Every lab gets a unique namespace prefix; after the test the
-lab is removed even when the test failed, and the fixture checks nothing was left behind.
+NAT, number of tunnels, ...). Every lab gets a unique namespace prefix (``$CGWD_LAB_PREFIX``,
+default ``it``, then the pid and a counter: runs side by side keep to their own namespaces);
+after the test the lab is removed even when the test failed, and the fixture checks nothing
+was left behind.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def lab_factory(request):
     labs: list[Lab] = []
 
     def make(*, aws: list[AwsTunnelSpec] | None = None, up: bool = True, **kw) -> Lab:
-        prefix = kw.pop("prefix", f"it{os.getpid() % 1000}x{next(_counter)}")
+        prefix = kw.pop("prefix", f"{os.environ.get('CGWD_LAB_PREFIX', 'it')}{os.getpid() % 1000}x{next(_counter)}")
         spec = LabSpec(prefix=prefix, aws=list(aws or []), **kw)
         lab = Lab(spec)
         labs.append(lab)

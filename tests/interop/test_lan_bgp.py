@@ -5,8 +5,9 @@ address 10.200.0.1. BIRD announces 10.201.1.0/24 (cgwd's import filter allows 10
 le 24) and 10.202.0.0/24 (not allowed). Checked in the real peers and the kernels:
 
 * BIRD learns the VPC prefix with cgwd's LAN address as next hop and the AS path
-  ``cgw_asn aws_asn`` (``as_path = "aws"``); a reload to ``as_path = "originate"`` re-sends it
-  with ``cgw_asn`` alone, in place (no new session);
+  ``cgw_asn aws_asn`` (``as_path = "aws"``), no MED (none configured); a reload to
+  ``as_path = "originate"`` and ``med = 40`` re-sends it with ``cgw_asn`` alone and
+  ``BGP.med`` 40, in place (no new session);
 * the allowed prefix reaches AWS's BIRD on both endpoints (and the VPC's), the denied one
   does not; a ping from an address of the allowed prefix reaches the VPC host and returns
   (the VPC's reply goes through a tunnel and cgwd routes it to the router that gave it);
@@ -76,6 +77,7 @@ def test_lan_bird_learns_the_vpc_prefix_and_its_allowed_prefix_reaches_aws(lab_f
     detail = _route_detail(router, lab.spec.vpc_cidr)
     assert re.search(r"BGP\.next_hop: 10\.200\.0\.1\b", detail), detail
     assert re.search(rf"BGP\.as_path: {lab.spec.cgw_asn} {lab.spec.aws_asn}\s*$", detail, re.M), detail
+    assert "BGP.med" not in detail, detail
 
     # the allowed prefix reaches AWS's BIRD on both tunnels, the denied one never
     for t in lab.tunnels:
@@ -104,20 +106,22 @@ def test_lan_bird_learns_the_vpc_prefix_and_its_allowed_prefix_reaches_aws(lab_f
     assert "as_path aws" in text, text
     assert MD5 not in text and MD5 not in str(st) and MD5 not in open(log_path).read()
 
-    # as_path = "originate" by reload: applied in place (the session stays), the router gets the
-    # VPC prefix again with cgwd's ASN alone
+    # as_path = "originate" and med = 40 by reload: applied in place (the session stays), the
+    # router gets the VPC prefix again with cgwd's ASN alone and MED 40
     opens = n["messages_in"]["open"]
     with open(config) as f:
         text = f.read()
     assert text.count(f'password = "{MD5}"\n') == 1, text
     with open(config, "w") as f:
-        f.write(text.replace(f'password = "{MD5}"\n', f'password = "{MD5}"\nas_path = "originate"\n'))
+        f.write(text.replace(f'password = "{MD5}"\n', f'password = "{MD5}"\nas_path = "originate"\nmed = 40\n'))
     r = run(cgwctl_command("reload", "--socket", f"{lab.workdir}/cgwd.sock"), check=False, timeout=30)
-    assert r.returncode == 0 and "lan:core1 (as_path)" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode == 0 and "lan:core1 (as_path, med)" in r.stdout + r.stderr, r.stdout + r.stderr
     wait_for(lambda: re.search(rf"BGP\.as_path: {lab.spec.cgw_asn}\s*$", _route_detail(router, lab.spec.vpc_cidr),
                                re.M), 30, interval=0.5, what="BIRD to get the VPC prefix as originated by cgwd")
+    assert re.search(r"BGP\.med: 40\s*$", _route_detail(router, lab.spec.vpc_cidr), re.M)
     (n,) = cgwctl_status(lab, as_json=True)["lan"]["neighbors"]
     assert n["as_path"] == "originate" and n["state"] == "established" and n["messages_in"]["open"] == opens, n
+    assert n["med"] == 40
     assert "as_path originate" in cgwctl_status(lab)
 
     # both AWS endpoints die (charon killed, no DELETE): the router loses the VPC prefix
