@@ -39,14 +39,19 @@ def interop_skip_reason() -> str | None:
     return charon_available() or bird_available()
 
 
+FAILED_LOGS = os.environ.get("CGWD_FAILED_LOGS", "/tmp/cgwd-failed-logs")  # a failed test's lab logs, whole
+
+
 def tear_down_labs(request, labs: list) -> None:
-    """A lab fixture's teardown: each lab's logs printed (last 40 lines) when the test failed,
+    """A lab fixture's teardown: each lab's logs printed (last 40 lines) and kept whole under
+    FAILED_LOGS when the test failed,
     every lab taken down, and a failure if any left a namespace, link or process behind."""
     from cgwd.lab.topology import leftovers
     failed = getattr(getattr(request.node, "rep_call", None), "failed", False)
     problems = []
     for lab in labs:
         if failed:
+            keep = os.path.join(FAILED_LOGS, os.path.basename(lab.workdir.rstrip("/")))
             for root, _dirs, files in os.walk(lab.workdir):
                 for name in files:
                     if name.endswith(".log"):
@@ -54,6 +59,10 @@ def tear_down_labs(request, labs: list) -> None:
                         with open(path, errors="replace") as f:
                             tail = f.readlines()[-40:]
                         print(f"----- {path} (last {len(tail)} lines)\n" + "".join(tail))
+                        dest = os.path.join(keep, os.path.relpath(path, lab.workdir))
+                        os.makedirs(os.path.dirname(dest), exist_ok=True)
+                        shutil.copyfile(path, dest)
+            print(f"----- the whole logs of lab {lab.spec.prefix} are kept in {keep}")
         lab.down()
         left = leftovers(lab.spec.prefix)
         if left:
