@@ -94,3 +94,10 @@ def test_bgp_ingest_bench_short():
 def test_esp_families_bench_dry_run():
     out = bench("esp_families.py", "--dry-run")
     assert len(re.findall(r"ping ok", out)) == 5, out
+
+
+def test_wakeup_bench_short():
+    out = bench("wakeup.py", "--trips", "300", "--rounds", "1")
+    med = dict(re.findall(r"^(blocking|asyncio|asyncio\+timers)\s+median\s+" + NUM, out, re.M))
+    assert set(med) == {"blocking", "asyncio", "asyncio+timers"} and all(float(v) > 0 for v in med.values()), out
+    assert len(re.findall(r"event loop cost per wake-up", out)) == 2, out
