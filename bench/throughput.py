@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 2] [--suites aes128-sha1,aes128gcm16]
                                          [--nat] [--tunnels 2] [--only cgwd|reference] [--pps 64,200,1300]
+                                         [--trace-rtt]
 
 For each ESP suite one lab is built (strongSwan libipsec + BIRD play the AWS endpoints, in
 network namespaces on this machine).  Then, ``--rounds`` times, alternating:
@@ -113,11 +114,13 @@ def udp_rate(lab: Lab, seconds: int, size: int, reverse: bool) -> tuple[float, f
         return 0.0, 0.0, 0.0
 
 
-def ping_rtt(lab: Lab, count: int) -> tuple[float, float]:
-    """(average, median) RTT in ms of ``count`` pings 0.1 s apart ((0, 0) when any was lost).
-    The median is the steadier figure on a shared machine: one descheduled ping moves the
-    average of 50 by a lot."""
-    p = lab.onprem.run(["ping", "-n", "-c", str(count), "-i", "0.1", "-W", "2", lab.spec.vpc_host],
+def ping_rtt(lab: Lab, count: int, interval: float = 0.1) -> tuple[float, float]:
+    """(average, median) RTT in ms of ``count`` pings ``interval`` s apart ((0, 0) when any was
+    lost). The median is the steadier figure on a shared machine: one descheduled ping moves
+    the average of 50 by a lot. 0.1 s apart is an idle tunnel (caches and the CPU's state cold
+    at every ping); 5 ms apart (``rtt_warm``) the same path warm, which separates what the data
+    path computes from what waking an idle process costs."""
+    p = lab.onprem.run(["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "2", lab.spec.vpc_host],
                        check=False, timeout=count + 30)
     rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", p.stdout)]
     if len(rtts) != count:
@@ -126,6 +129,50 @@ def ping_rtt(lab: Lab, count: int) -> tuple[float, float]:
     return statistics.fmean(rtts), statistics.median(rtts)
 
 
+def gateway_latency(lab: Lab, count: int) -> tuple[float, float, float]:
+    """--trace-rtt: where an idle ping's round trip goes at the customer gateway. tcpdump in
+    the gateway's namespace stamps (ns) each echo request arriving on lan0 and its ESP leaving
+    wan0, and the reply's ESP arriving on wan0 and the reply leaving lan0; returns the medians
+    in microseconds of (out: lan0 in -> ESP out, in: ESP in -> lan0 out), which hold the
+    gateway's wake-up, its crypto and its syscalls and nothing of the AWS side, and of the
+    rest (ESP out -> ESP in: the AWS endpoints and the VPC)."""
+    path = os.path.join(lab.workdir, f"rtt-trace-{time.monotonic_ns()}.txt")
+    td = lab.cgw.popen(["tcpdump", "-i", "any", "-n", "-tt", "--time-stamp-precision=nano", "-l",
+                        "icmp or esp or udp port 4500"], log_path=path)
+    time.sleep(1.5)
+    lab.onprem.run(["ping", "-n", "-c", str(count), "-i", "0.1", "-W", "2", lab.spec.vpc_host],
+                   check=False, timeout=count + 30)
+    time.sleep(0.5)
+    td.send_signal(signal.SIGINT)
+    td.wait(10)
+    ev = []
+    with open(path) as f:
+        for ln in f:
+            m = re.match(r"(\d+\.\d+) (\S+)\s+(In|Out)\s+(.*)", ln)
+            if m:
+                rest = m.group(4)
+                kind = ("req" if "echo request" in rest else "rep" if "echo reply" in rest
+                        else "esp" if "ESP" in rest else None)
+                if kind:
+                    ev.append((float(m.group(1)), m.group(2), m.group(3), kind))
+    outs, ins, away = [], [], []
+    for k, (t, dev, way, kind) in enumerate(ev):
+        if not (kind == "req" and dev == "lan0" and way == "In"):
+            continue
+        later = ev[k + 1:k + 12]
+        esp_out = next((e[0] for e in later if e[3] == "esp" and e[1] == "wan0" and e[2] == "Out"), None)
+        esp_in = next((e[0] for e in later if e[3] == "esp" and e[1] == "wan0" and e[2] == "In"), None)
+        rep = next((e[0] for e in later if e[3] == "rep" and e[1] == "lan0" and e[2] == "Out"), None)
+        if esp_out:
+            outs.append((esp_out - t) * 1e6)
+        if esp_in and rep and rep > esp_in:
+            ins.append((rep - esp_in) * 1e6)
+            if esp_out and esp_in > esp_out:
+                away.append((esp_in - esp_out) * 1e6)
+    return tuple(statistics.median(x) if x else 0.0 for x in (outs, ins, away))
+
+
+TRACE_RTT = False           # --trace-rtt
 PPS_SIZES: list[int] = []   # --pps: UDP payload sizes for the packet-rate runs
 PPS_OFFERED = 150_000       # packets/s the UDP sender offers
 
@@ -137,9 +184,11 @@ def measure(lab: Lab, seconds: int, pings: int) -> dict:
     # measures the scheduler rather than the data path.
     time.sleep(2)
     avg, median = ping_rtt(lab, pings)
+    _, warm = ping_rtt(lab, 4 * pings, 0.005)
+    gw_out, gw_in, gw_away = gateway_latency(lab, pings) if TRACE_RTT else (0.0, 0.0, 0.0)
     up, up_re, up_cpu = iperf(lab, seconds, False)
     down, down_re, down_cpu = iperf(lab, seconds, True)
-    res = {"up": up, "down": down, "rtt": avg, "rtt_med": median, "retrans": (up_re, down_re),
+    res = {"up": up, "down": down, "rtt": avg, "rtt_med": median, "rtt_warm": warm, "gw_out_us": gw_out, "gw_in_us": gw_in, "gw_away_us": gw_away, "retrans": (up_re, down_re),
            "cpu_up": up_cpu, "cpu_down": down_cpu}
     for size in PPS_SIZES:
         for way, rev in (("up", False), ("down", True)):
@@ -203,7 +252,7 @@ def bench_suite(name: str, proposal: str, a) -> dict:
                 m = (run_cgwd(lab, config, a.seconds, a.pings) if who == "cgwd"
                      else run_reference(lab, a.seconds, a.pings))
                 print(f"  {name:12s} round {r + 1} {who:9s}: up {m['up']:7.1f} Mbit/s  down {m['down']:7.1f}"
-                      f" Mbit/s  rtt avg {m['rtt']:.3f} med {m['rtt_med']:.3f} ms  (TCP retransmits {m['retrans'][0]}/"
+                      f" Mbit/s  rtt avg {m['rtt']:.3f} med {m['rtt_med']:.3f} warm {m['rtt_warm']:.3f} ms  (TCP retransmits {m['retrans'][0]}/"
                       f"{m['retrans'][1]}; gateway CPU s/GB {m['cpu_up']:.2f}/{m['cpu_down']:.2f})", flush=True)
                 for size in PPS_SIZES:
                     print(f"  {'':12s}         {who:9s}: UDP {size} B: up {m[f'pps{size}_up']:8.0f} pkt/s "
@@ -235,7 +284,11 @@ def main() -> int:
     ap.add_argument("--only", choices=("cgwd", "reference"))
     ap.add_argument("--pps", default="", help="UDP payload sizes for packet-rate runs, e.g. 64,200,1300 "
                     "(iperf3 UDP at 150,000 pkt/s offered each way: packets/s received, loss, gateway CPU per packet)")
+    ap.add_argument("--trace-rtt", action="store_true",
+                    help="also time each idle ping at the gateway with tcpdump: lan0 -> ESP out, ESP in -> lan0")
     a = ap.parse_args()
+    global TRACE_RTT
+    TRACE_RTT = a.trace_rtt
     PPS_SIZES[:] = [int(x) for x in a.pps.split(",") if x]
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -262,6 +315,17 @@ def main() -> int:
             print(f"{name:12s} {'ratio':9s} {ratio[0]:10.2f} {ratio[1]:11.2f} {ratio[2]:10.2f} {ratio[3]:10.2f}"
                   f" {ratio[4]:11.2f} {ratio[5]:5.2f}")
     for name, res in table:
+        if res["cgwd"] and res["reference"]:
+            c, r = med(res["cgwd"], "rtt_warm"), med(res["reference"], "rtt_warm")
+            print(f"{name:12s} RTT median, pings 5 ms apart (warm): {c:.3f} vs {r:.3f} ms"
+                  f" ({c / r if r else float('nan'):.2f}); 0.1 s apart (idle): {med(res['cgwd'], 'rtt_med'):.3f}"
+                  f" vs {med(res['reference'], 'rtt_med'):.3f} ms")
+            if TRACE_RTT:
+                print(f"{name:12s} at the gateway (tcpdump, idle pings, median us): out lan0 -> ESP "
+                      f"{med(res['cgwd'], 'gw_out_us'):.1f} vs {med(res['reference'], 'gw_out_us'):.1f}, in ESP -> lan0 "
+                      f"{med(res['cgwd'], 'gw_in_us'):.1f} vs {med(res['reference'], 'gw_in_us'):.1f}; beyond the "
+                      f"gateway (ESP out -> ESP in) {med(res['cgwd'], 'gw_away_us'):.1f} vs "
+                      f"{med(res['reference'], 'gw_away_us'):.1f}")
         for size in PPS_SIZES:
             cols = []
             for way in ("up", "down"):
