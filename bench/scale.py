@@ -4,6 +4,7 @@
 Run as root (network namespaces sc<pid>-*, removed at exit; needs matplotlib for --plot):
 
     .venv/bin/python bench/scale.py [--vpns 1,5,10,25] [--idle 60] [--ike 2] [--json OUT] [--plot OUT.png]
+                                    [--tracemalloc]   (where cgwd's memory per tunnel goes; a separate run)
 
 For each number of VPN connections V (2V tunnels, each with BGP and ``--prefixes`` VPC
 prefixes per connection) a fresh hub lab (cgwd.lab.hub: one namespace per AWS endpoint with
@@ -158,8 +159,16 @@ class CgwdStack:
         self.proc = None
 
     def start(self) -> None:
-        self.proc = self.lab.cgw.popen(cgwd_command(self.config, self.sock), log_path=self.log)
+        env = dict(os.environ, PYTHONTRACEMALLOC="1") if TRACEMALLOC else None
+        self.proc = self.lab.cgw.popen(cgwd_command(self.config, self.sock), log_path=self.log, env=env)
         self.lab.procs.append(self.proc)
+
+    def memory(self) -> dict:
+        """--tracemalloc: cgwd's live Python allocations by package/module (bytes)."""
+        r = ControlClient(self.sock).request({"cmd": "memory"}, timeout=60)
+        if not r.get("ok"):
+            raise LabError(f"cgwd memory: {r.get('error')}")
+        return r["memory"]
 
     def pids(self) -> dict[str, int]:
         return {"cgwd": self.proc.pid}
@@ -278,6 +287,8 @@ def measure(stack_name: str, vpns: int, args) -> dict:
                "idle_cpu_s": cpu1 - cpu0, "idle_window_s": w1 - w0,
                "idle_cpu_ms_per_tunnel_min": (cpu1 - cpu0) * 1000 / lab.tunnels * 60 / (w1 - w0)}
         res.update(stack.status_times())
+        if TRACEMALLOC and isinstance(stack, CgwdStack):
+            res["tracemalloc"] = stack.memory()
         stack.stop()
         return res
     finally:
@@ -286,6 +297,28 @@ def measure(stack_name: str, vpns: int, args) -> dict:
         if left:
             print(f"warning: hub lab {prefix} left {left[:5]}; removing", file=sys.stderr)
             destroy(prefix)
+
+
+TRACEMALLOC = False  # --tracemalloc
+
+
+def memory_slopes(results: list[dict], top: int = 15) -> dict[str, float]:
+    """--tracemalloc: bytes per added tunnel of each package/module's live allocations in
+    cgwd (least squares over the sizes run), largest first; printed and returned."""
+    rows = sorted((r for r in results if "tracemalloc" in r), key=lambda r: r["tunnels"])
+    if len(rows) < 2:
+        return {}
+    keys = set().union(*(r["tracemalloc"]["by_file"] for r in rows))
+    xs = [r["tunnels"] for r in rows]
+    per = {k: slope(xs, [r["tracemalloc"]["by_file"].get(k, 0) for r in rows]) or 0.0 for k in keys}
+    total = slope(xs, [r["tracemalloc"]["traced_bytes"] for r in rows]) or 0.0
+    rss = slope(xs, [r["rss_kb"] * 1024 for r in rows]) or 0.0
+    print(f"\ncgwd's memory per added tunnel (tracemalloc, {len(rows)} sizes): RSS {rss / 1024:.1f} KiB, "
+          f"traced Python allocations {total / 1024:.1f} KiB, of which:")
+    best = dict(sorted(per.items(), key=lambda kv: -kv[1])[:top])
+    for k, v in best.items():
+        print(f"  {k:48s} {v / 1024:7.1f} KiB")
+    return {"rss": rss, "traced": total, **best}
 
 
 def _confirmed(stack) -> bool:
@@ -375,7 +408,12 @@ def main() -> int:
     ap.add_argument("--stacks", default=",".join(STACKS))
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--plot", help="write a PNG of each figure against the number of tunnels (matplotlib)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="run cgwd with PYTHONTRACEMALLOC=1 and print where its memory per added tunnel goes "
+                         "(tracing slows cgwd and adds memory: the other figures of such a run are not comparable)")
     args = ap.parse_args()
+    global TRACEMALLOC
+    TRACEMALLOC = args.tracemalloc
     if os.geteuid() != 0:
         print("scale.py: run as root (network namespaces)", file=sys.stderr)
         return 2
@@ -398,6 +436,8 @@ def main() -> int:
                   flush=True)
             results.append(r)
     summary = report(results)
+    if TRACEMALLOC:
+        summary["memory_per_tunnel"] = memory_slopes(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results, "summary": summary,

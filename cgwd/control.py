@@ -37,7 +37,8 @@ log = logging.getLogger("cgwd.control")
 
 MAX_REQUEST = 64 * 1024
 IDLE_TIMEOUT = 60.0
-COMMANDS = {"status": False, "up": True, "down": True, "rekey": True, "reload": False}  # cmd -> needs tunnel
+COMMANDS = {"status": False, "up": True, "down": True, "rekey": True, "reload": False,
+            "memory": False}  # cmd -> needs tunnel ("memory": traced allocations, PYTHONTRACEMALLOC=1 only)
 
 Handler = Callable[[dict], Awaitable[dict]]
 

@@ -446,6 +446,8 @@ class Daemon:
             return {"ok": True, "status": self.status()}
         if cmd == "reload":
             return await self.reload()
+        if cmd == "memory":
+            return memory_report()
         if cmd in ("up", "down", "rekey"):
             name = req.get("tunnel")
             t = self.tunnels.get(name)
@@ -455,6 +457,28 @@ class Daemon:
                 cmd = "rekey-ike"
             return {"ok": True, "message": t.admin(cmd)}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def memory_report(top: int = 60) -> dict:
+    """Where the daemon's Python memory is (the ``memory`` control command, for
+    bench/scale.py --tracemalloc): live traced bytes grouped by package or module, when cgwd
+    was started with PYTHONTRACEMALLOC=1 (tracing costs CPU and memory, so never by default)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return {"ok": False, "error": "allocations are not traced: start cgwd with PYTHONTRACEMALLOC=1"}
+    groups: dict[str, int] = {}
+    for st in tracemalloc.take_snapshot().statistics("filename"):
+        path = st.traceback[0].filename
+        if "/cgwd/" in path:
+            key = "cgwd/" + path.rsplit("/cgwd/", 1)[1]
+        elif "-packages/" in path:
+            key = path.rsplit("-packages/", 1)[1].split("/", 1)[0]
+        else:
+            key = "stdlib/" + path.rsplit("/", 1)[-1]
+        groups[key] = groups.get(key, 0) + st.size
+    best = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+    return {"ok": True, "memory": {"traced_bytes": tracemalloc.get_traced_memory()[0], "by_file": dict(best)}}
 
 
 def main(argv: list[str] | None = None) -> int:
