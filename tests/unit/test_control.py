@@ -94,3 +94,31 @@ def test_not_running(tmp_path):
     with pytest.raises(ControlUnavailable) as ei:
         ControlClient(path).request({"cmd": "status"})
     assert "not running" in str(ei.value)
+
+
+def test_memory_command_needs_tracing_and_groups_by_module():
+    import tracemalloc
+
+    from cgwd.control import validate_request
+    from cgwd.daemon import memory_report
+
+    assert validate_request({"cmd": "memory"}) is None
+    was = tracemalloc.is_tracing()
+    if was:
+        tracemalloc.stop()
+    try:
+        r = memory_report()
+        assert r["ok"] is False and "PYTHONTRACEMALLOC=1" in r["error"]
+        tracemalloc.start()
+        from cgwd.esp.sa import ReplayWindow
+
+        keep = [ReplayWindow(1024) for _ in range(2000)]
+        r = memory_report()
+        assert r["ok"] is True and keep
+        by = r["memory"]["by_file"]
+        assert by.get("cgwd/esp/sa.py", 0) > 2000 * 48, by
+        assert r["memory"]["traced_bytes"] >= sum(by.values()) * 0.5
+    finally:
+        tracemalloc.stop()
+        if was:
+            tracemalloc.start()
