@@ -54,6 +54,8 @@ def count_nat_input(lab) -> None:
     no inside host). strongSwan sends its own initiations to the NAT's public address at port
     500 (resolve_hosts: the peer's address with the configured port): the lab's NAT does not
     forward that port, nor does a real one, so they never reach cgwd."""
+    if lab.nat is None:
+        return
     for t in lab.tunnels:
         lab.nat.run(["iptables", "-w", "-A", "INPUT", "-i", "wan0", "-s", t.aws_outside, "-p", "udp", "-m",
                      "multiport", "--dports", "500,4500", "-m", "comment", "--comment", f"{NAT_INPUT_MARK}-{t.index}"])
@@ -61,6 +63,8 @@ def count_nat_input(lab) -> None:
 
 def nat_input(lab) -> dict[int, int]:
     """Per tunnel index: IKE datagrams from its AWS endpoint the NAT router kept (count_nat_input)."""
+    if lab.nat is None:
+        return {}
     out = lab.nat.run(["iptables", "-w", "-L", "INPUT", "-v", "-x", "-n"], check=False).stdout
     return {int(m.group(2)): int(m.group(1))
             for m in re.finditer(rf"^\s*(\d+)\s+\d+.*/\* {NAT_INPUT_MARK}-(\d+) \*/", out, flags=re.M)}
