@@ -45,6 +45,10 @@ class IkeEndpoint:
         self.esp_handler: Callable[[bytes, tuple[str, int]], None] | None = None
         self.counters: dict[str, int] = {}
         self._peers: dict[str, IkeEngine] = {}
+        # the remote addresses of tunnels disabled by the operator (`enabled = false`, `cgwctl
+        # down`): what their peer sends is dropped (drop_tunnel_disabled) before the engine
+        # sees it, so a disabled tunnel answers no initiation and caches nothing
+        self._disabled: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._sock: socket.socket | None = None
         self._natt_sock: socket.socket | None = None
@@ -137,6 +141,7 @@ class IkeEndpoint:
         addr = peer.config.remote_address
         if self._peers.get(addr) is peer:
             del self._peers[addr]
+            self._disabled.discard(addr)
         t = self._timers.pop(addr, None)
         if t:
             t.cancel()
@@ -147,6 +152,13 @@ class IkeEndpoint:
     def now(self) -> float:
         loop = self._loop or asyncio.get_event_loop()
         return loop.time()
+
+    def set_enabled(self, peer: IkeEngine, enabled: bool) -> None:
+        """The operator enabled or disabled ``peer``'s tunnel (see ``_disabled``)."""
+        if enabled:
+            self._disabled.discard(peer.config.remote_address)
+        else:
+            self._disabled.add(peer.config.remote_address)
 
     def start_peer(self, peer: IkeEngine) -> None:
         """Convenience: ``peer.start(now)`` and flush its output."""
@@ -249,6 +261,10 @@ class IkeEndpoint:
         if peer is None:
             self._count("drop_unknown_peer")
             log.debug("IKE datagram from unknown peer %s", remote)
+            return
+        if remote[0] in self._disabled:
+            self._count("drop_tunnel_disabled")
+            log.debug("IKE datagram from %s for a disabled tunnel", remote)
             return
         major = data[VERSION_OFFSET] >> 4 if len(data) > VERSION_OFFSET else None
         if major in (1, 2) and major != peer.version:

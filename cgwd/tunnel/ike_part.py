@@ -76,6 +76,7 @@ class IkePart:
     async def start(self) -> None:
         self._state = PartState.START
         self.endpoint.add_peer(self.engine)
+        self.endpoint.set_enabled(self.engine, self.admin_up)
         if self.admin_up:
             self.endpoint.start_peer(self.engine)
         self._state = PartState.UP
@@ -103,6 +104,7 @@ class IkePart:
     # ------------------------------------------------------------------ operator / data path
     def set_admin(self, up: bool) -> None:
         self.admin_up = up
+        self.endpoint.set_enabled(self.engine, up)
         if up:
             self.endpoint.start_peer(self.engine)
         else:

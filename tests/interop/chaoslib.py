@@ -37,14 +37,83 @@ def aws_retained(view: list[dict], tun: dict) -> list[dict]:
             and sa.get("spi_i") != (tun["ike"].get("spi") or {}).get("initiator")]
 
 
-def sa_problems(lab, st: dict, forgiven: set = frozenset()) -> list[str]:
+def aws_half_open(view: list[dict], tun: dict) -> list[dict]:
+    """IKE SAs AWS initiated itself and never got a reply to (CONNECTING, responder SPI 0),
+    other than cgwd's current one."""
+    spi = (tun["ike"].get("spi") or {}).get("initiator")
+    return [sa for sa in view if sa["state"] == "CONNECTING" and int(sa.get("spi_r") or "0", 16) == 0
+            and sa.get("spi_i") != spi]
+
+
+NAT_INPUT_MARK = "cgwd-chaos-aws-to-nat"
+
+
+def count_nat_input(lab) -> None:
+    """Count, on the customer's NAT router, the IKE datagrams an AWS endpoint sends to the
+    router's own address with no mapping behind it (in the INPUT chain: conntrack sent them to
+    no inside host). strongSwan sends its own initiations to the NAT's public address at port
+    500 (resolve_hosts: the peer's address with the configured port): the lab's NAT does not
+    forward that port, nor does a real one, so they never reach cgwd."""
+    if lab.nat is None:
+        return
+    for t in lab.tunnels:
+        lab.nat.run(["iptables", "-w", "-A", "INPUT", "-i", "wan0", "-s", t.aws_outside, "-p", "udp", "-m",
+                     "multiport", "--dports", "500,4500", "-m", "comment", "--comment", f"{NAT_INPUT_MARK}-{t.index}"])
+
+
+def nat_input(lab) -> dict[int, int]:
+    """Per tunnel index: IKE datagrams from its AWS endpoint the NAT router kept (count_nat_input)."""
+    if lab.nat is None:
+        return {}
+    out = lab.nat.run(["iptables", "-w", "-L", "INPUT", "-v", "-x", "-n"], check=False).stdout
+    return {int(m.group(2)): int(m.group(1))
+            for m in re.finditer(rf"^\s*(\d+)\s+\d+.*/\* {NAT_INPUT_MARK}-(\d+) \*/", out, flags=re.M)}
+
+
+class Undeliverable:
+    """AWS initiations that could not reach cgwd behind its NAT, told apart precisely.
+
+    strongSwan starts a main mode of its own when cgwd deletes the ISAKMP SA while a quick
+    mode of charon's is in flight (isakmp_delete -> ike_sa reestablish: "tasks that recreate
+    children"; the lab's charon rekeys a pair of its own whenever the NAT moves cgwd's port,
+    libipsec cannot update the SA in place). That main mode goes to the NAT's port 500 and is
+    never answered: AWS then holds an IKE SA in CONNECTING with responder SPI 0 (and, with
+    keyingtries = 0, retries it for good). Such an SA is forgiven only once the NAT router has
+    demonstrably kept a datagram of that endpoint after the SA was first seen (its
+    retransmission landed on the router itself, nat_input) and cgwd holds no IKE SA of its
+    initiator SPI; one that reached cgwd is cgwd's to answer and never forgiven."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.first: dict[tuple[int, str], int] = {}  # (tunnel index, AWS's SPI) -> NAT's count when first seen
+        self.forgiven: set[tuple[int, str]] = set()
+
+    def spis(self, st: dict) -> set[tuple[int, str]]:
+        """The (tunnel index, AWS initiator SPI) of the half-open AWS SAs forgiven at this look."""
+        counts = nat_input(self.lab)
+        out = set()
+        for i, lt in enumerate(self.lab.tunnels):
+            tun = st["tunnels"][i] if i < len(st.get("tunnels", [])) else None
+            if tun is None or tun["ike"].get("version") != 1:
+                continue
+            for sa in aws_half_open(aws_view(lt), tun):
+                key = (lt.index, sa.get("spi_i"))
+                first = self.first.setdefault(key, counts.get(lt.index, 0))
+                if counts.get(lt.index, 0) > first:
+                    out.add(key)
+        self.forgiven |= out
+        return out
+
+
+def sa_problems(lab, st: dict, forgiven: set = frozenset(), undeliverable: set = frozenset()) -> list[str]:
     """Where cgwd's SAs and strongSwan's differ, in words (empty: every SA accounted for).
 
     Per tunnel: the IPsec/Child SA pairs cgwd holds are exactly those charon holds (cgwd's
     (in, out) is charon's (out, in)), in any state: an SA one side still keeps and the other
     forgot is an orphan. IKE: charon holds one IKE SA, cgwd's current one (same SPIs), besides
     the IKEv1 SAs it re-authenticated and keeps by design (aws_retained). ``forgiven``: cgwd's
-    (in, out) pairs AWS may still hold (see lost_deletes)."""
+    (in, out) pairs AWS may still hold (see lost_deletes). ``undeliverable``: (tunnel index,
+    SPI) of AWS's own initiations that demonstrably never reached cgwd (Undeliverable)."""
     out = []
     by_name = {t["name"]: t for t in st.get("tunnels", [])}
     for i, lt in enumerate(lab.tunnels):
@@ -62,7 +131,8 @@ def sa_problems(lab, st: dict, forgiven: set = frozenset()) -> list[str]:
             out.append(f"{name}: AWS holds pairs cgwd does not: {sorted(theirs - ours - forgiven)}")
         spi = tun["ike"].get("spi") or {}
         retained = aws_retained(view, tun)
-        ikes = [(sa.get("spi_i"), sa.get("spi_r"), sa["state"]) for sa in view if sa not in retained]
+        ikes = [(sa.get("spi_i"), sa.get("spi_r"), sa["state"]) for sa in view
+                if sa not in retained and (lt.index, sa.get("spi_i")) not in undeliverable]
         if tun["ike"]["state"] == "established":
             if len(ikes) != 1 or ikes[0][:2] != (spi.get("initiator"), spi.get("responder")):
                 out.append(f"{name}: cgwd's IKE SA {spi.get('initiator')}/{spi.get('responder')}, AWS holds {ikes}")

@@ -129,3 +129,33 @@ def test_endpoint_that_cannot_bind_4500_leaves_no_socket_behind():
     finally:
         busy.close()
         ep.close()
+
+
+def test_disabled_tunnel_answers_no_initiation_and_its_retransmission_is_answered_once_enabled():
+    """Chaos fault 102: AWS's charon re-establishes an IKE SA (main mode) when cgwd disables a
+    tunnel while charon's own quick mode is in flight. While disabled, that MM1 must not be
+    answered (the tunnel is down at both ends) and must not be cached as answered-with-nothing:
+    the same datagram retransmitted after `enabled = true` gets its MM2."""
+    import asyncio
+
+    async def main() -> None:
+        from cgwd.ike.endpoint import IkeEndpoint
+        from cgwd.ike.v1 import IkePeer, IkePeerConfig
+
+        aws = IkePeer(IkePeerConfig("192.0.2.1", "192.0.2.2", b"k", nat_traversal="off"), name="aws")
+        aws.start(0.0)
+        (mm1,) = aws.datagrams_to_send()
+        ep = IkeEndpoint("192.0.2.2")
+        ours = IkePeer(IkePeerConfig("192.0.2.2", "192.0.2.1", b"k", nat_traversal="off"), name="ours")
+        ep.add_peer(ours)
+        ep.set_enabled(ours, False)
+        ep._dispatch(mm1.data, ("192.0.2.1", 500), False)
+        assert ep.counters.get("drop_tunnel_disabled") == 1
+        assert not ours.sas and ep.counters.get("send_no_socket", 0) == 0
+        ep.set_enabled(ours, True)
+        ep._dispatch(mm1.data, ("192.0.2.1", 500), False)
+        assert len(ours.sas) == 1 and ours.sas[0].icookie == mm1.data[:8]
+        assert ep.counters.get("send_no_socket") == 1  # its MM2 (the endpoint has no socket here)
+        assert ours.counters.get("drop_duplicate", 0) == 0
+
+    asyncio.run(main())

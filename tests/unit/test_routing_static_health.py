@@ -70,6 +70,9 @@ class FakeEndpoint:
     def remove_peer(self, peer):
         pass
 
+    def set_enabled(self, peer, enabled):
+        pass
+
     def start_peer(self, peer):
         peer.start(self.now())
 
