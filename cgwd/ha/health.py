@@ -125,12 +125,21 @@ def tunnel_carries(t: dict, learned: int) -> tuple[bool, str]:
     return True, "up"
 
 
+def _list(x: object) -> list:
+    """A status field that should be a list, or [] (whatever else the JSON holds)."""
+    return x if isinstance(x, list) else []
+
+
+def _name(x: object) -> str | None:
+    return x if isinstance(x, str) else None
+
+
 def _vpn_names(status: dict) -> list[str]:
     names: list[str] = []
-    for v in status.get("vpns") or []:
+    for v in _list(status.get("vpns")):
         if isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"] not in names:
             names.append(v["name"])
-    for t in status.get("tunnels") or []:
+    for t in _list(status.get("tunnels")):
         if isinstance(t, dict) and isinstance(t.get("vpn"), str) and t["vpn"] not in names:
             names.append(t["vpn"])
     return names
@@ -139,24 +148,25 @@ def _vpn_names(status: dict) -> list[str]:
 def _vpn(name: str, tunnels: list[dict], vpn: dict, routes: list[dict]) -> VpnHealth:
     by_tunnel: dict[str, int] = {}
     carried: set[str] = set()
-    names = {t.get("name") for t in tunnels}
+    names = {_name(t.get("name")) for t in tunnels} - {None}
     for r in routes:
-        tn = r.get("tunnel")
+        tn = _name(r.get("tunnel"))
         if tn in names:
             by_tunnel[tn] = by_tunnel.get(tn, 0) + 1
     up, down, missing = [], [], []
     for t in tunnels:
-        ok, why = tunnel_carries(t, by_tunnel.get(t.get("name"), 0))
+        ok, why = tunnel_carries(t, by_tunnel.get(_name(t.get("name")) or "", 0))
         (up if ok else down).append(str(t.get("name")))
         if not ok:
             missing.append(f"{t.get('name')} {why}")
     for r in routes:
-        if r.get("tunnel") in up and r.get("best", True) and isinstance(r.get("prefix"), str):
+        if _name(r.get("tunnel")) in up and r.get("best", True) and isinstance(r.get("prefix"), str):
             carried.add(r["prefix"])
-    for prefix, via in (vpn.get("carriers") or {}).items():
+    carriers = vpn.get("carriers")
+    for prefix, via in (carriers.items() if isinstance(carriers, dict) else ()):
         if isinstance(via, list) and any(v in up for v in via):
             carried.add(prefix)
-    unreachable = tuple(str(p) for p in (vpn.get("unreachable") or []) if str(p) not in carried)
+    unreachable = tuple(str(p) for p in _list(vpn.get("unreachable")) if str(p) not in carried)
     n = len(tunnels)
     if not tunnels:
         return VpnHealth(name, Health.DOWN, (), (), 0, unreachable, "no tunnels")
@@ -181,9 +191,9 @@ def evaluate(status: object) -> HealthReport:
     if not isinstance(status, dict) or not isinstance(status.get("tunnels"), list):
         return HealthReport(Health.UNAVAILABLE, "cgwd answered without a status (no tunnels list)")
     tunnels = [t for t in status["tunnels"] if isinstance(t, dict)]
-    routes = [r for r in status.get("routes") or [] if isinstance(r, dict)]
-    vpns_cfg = {v["name"]: v for v in status.get("vpns") or [] if isinstance(v, dict) and "name" in v}
-    system = [f.get("name") for f in status.get("system") or [] if isinstance(f, dict)]
+    routes = [r for r in _list(status.get("routes")) if isinstance(r, dict)]
+    vpns_cfg = {v["name"]: v for v in _list(status.get("vpns")) if isinstance(v, dict) and isinstance(v.get("name"), str)}
+    system = [f.get("name") for f in _list(status.get("system")) if isinstance(f, dict)]
     names = _vpn_names(status)
     if not names:
         return HealthReport(Health.DOWN, "no VPN connection configured")

@@ -147,3 +147,17 @@ def test_losing_a_tunnel_never_improves_the_verdict(states, data):
     worse[i]["ike"]["state"] = "connecting"
     after = evaluate(status(worse, routes)).health
     assert after >= before
+
+
+@pytest.mark.parametrize("value", [
+    {"tunnels": [], "routes": True},
+    {"tunnels": [{"name": ["x"], "vpn": "v"}], "routes": [{"tunnel": {}}]},
+    {"tunnels": [{"vpn": "v"}], "vpns": [{"name": "v", "carriers": True, "unreachable": 5}]},
+    {"tunnels": [], "system": True, "vpns": True},
+    {"tunnels": [{"name": "a", "vpn": "v"}], "routes": [{"tunnel": ["a"], "prefix": "10.0.0.0/8"}]},
+])
+def test_fields_of_the_wrong_type_give_a_verdict(value):
+    """Shapes hypothesis found (a bool where a list is due, a list where a name is): a verdict,
+    never a TypeError out of cgwctl health."""
+    r = evaluate(value)
+    assert isinstance(r.health, Health) and r.exit_code() in (0, 1, 2)
