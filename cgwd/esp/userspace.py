@@ -349,6 +349,10 @@ class UserspaceDatapath(Datapath):
     def _ignore(self, reason: str) -> None:
         self._ignored[reason] = self._ignored.get(reason, 0) + 1
 
+    def inbound_packets(self) -> dict[int, int]:
+        # every second per tunnel: the counters themselves (stats() was 4 % of an idle 50-tunnel daemon)
+        return {spi: e.in_c.packets for spi, e in self._entries.items()}
+
     def stats(self) -> dict:
         sas = [e.sa.stats() for e in self._entries.values()]
         return {

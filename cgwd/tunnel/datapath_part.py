@@ -158,11 +158,9 @@ class DatapathPart:
             return False
         alive = False
         current: dict[int, int] = {}
-        for sa in self.datapath.stats().get("sas", []):
-            spi = sa.get("spi_in")
+        for spi, n in self.datapath.inbound_packets().items():
             if not spi:
                 continue
-            n = int(sa.get("packets_in") or 0)
             current[spi] = n
             if n > self._esp_seen.get(spi, 0):
                 alive = True

@@ -167,6 +167,9 @@ def test_end_to_end_and_stats(h):
     assert st["kind"] == "userspace" and st["ifname"] == "cgw-b"
     (sa,) = st["sas"]
     assert sa["spi_in"] == 0xC0000002 and sa["packets_in"] == 1 and sa["bytes_in"] == len(ping())
+    # the cheap per-second look agrees with the counters stats() shows (Datapath's own derivation)
+    assert h.b.inbound_packets() == Datapath.inbound_packets(h.b) == {0xC0000002: 1}
+    assert h.a.inbound_packets() == Datapath.inbound_packets(h.a) == {0xC0000001: 0}
     sa_a = h.a.stats()["sas"][0]
     assert sa_a["packets_out"] == 1 and sa_a["udp_encap"] is True
     text = repr(st) + repr(h.a.stats())

@@ -83,6 +83,11 @@ SHARED = textwrap.dedent(r'''
     b.apply(RibChanges(add={"10.102.0.0/24": nh}))
     out["a_after_b"] = sorted(a.dump())
     out["n3"] = len(dumps)            # b changed routes: a scans again and sees them
+    a.apply(RibChanges(add={"10.103.0.0/24": (NextHop("t9", "t9", "169.254.11.1"),)}))
+    out["missing"] = a.failed.get("10.103.0.0/24")
+    r = json.loads(subprocess.run(["ip", "-j", "route", "show", "10.101.0.0/24"], capture_output=True,
+                                  text=True, check=True).stdout)
+    out["dev"] = r[0]["dev"] if r else None
     print(json.dumps(out))
 ''')
 
@@ -98,3 +103,6 @@ def test_scan_shared_by_instances_on_a_table_until_a_route_changes():
     assert out["a_after_add"] == ["10.101.0.0/24"] and out["b_shared"] == ["10.101.0.0/24"]
     assert out["n2"] == out["n1"] == 2, out     # one dump per family, once
     assert out["a_after_b"] == ["10.101.0.0/24", "10.102.0.0/24"] and out["n3"] == 4, out
+    # the interface index comes from if_nametoindex in our own namespace: right device, and a
+    # missing one is a failure said in words, not a route through something else
+    assert out["dev"] == "t1" and out["missing"] == "tunnel interface not present", out

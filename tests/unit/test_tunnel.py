@@ -27,6 +27,9 @@ class _StatsDatapath:
     def stats(self):
         return {"sas": self.sas}
 
+    def inbound_packets(self):
+        return {sa["spi_in"]: int(sa.get("packets_in") or 0) for sa in self.sas if sa.get("spi_in")}
+
 
 def _part(dp, child_state=lambda spi: None) -> DatapathPart:
     cfg = parse_config(BASE).tunnels[0]
