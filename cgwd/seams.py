@@ -49,6 +49,10 @@ class DataPath(Protocol):
 
     def stats(self) -> dict: ...
 
+    def inbound_packets(self) -> dict[int, int]:
+        """Packets received per inbound SPI (the per-second ESP liveness look)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -220,32 +220,32 @@ def prepend_path(asns: tuple[int, ...], path: tuple) -> tuple:
     return ((AS_SEQUENCE, asns),) + tuple(path)
 
 
-def interface_towards(address: str) -> str | None:
-    """The interface this box reaches ``address`` on (the kernel's route lookup), or None."""
+def route_towards(address: str) -> tuple[str, str | None] | None:
+    """(interface, gateway or None) of the kernel's route to ``address``, or None (no route)."""
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
     try:
         with IPRoute() as ipr:
             found = ipr.route("get", dst=address)
             oif = found[0].get_attr("RTA_OIF") if found else None
-            return socket.if_indextoname(oif) if oif else None
-    except OSError:
+            if not oif:
+                return None
+            return socket.if_indextoname(oif), found[0].get_attr("RTA_GATEWAY")
+    except (OSError, NetlinkError):  # NetlinkError (e.g. no route) is not an OSError
         return None
+
+
+def interface_towards(address: str) -> str | None:
+    """The interface this box reaches ``address`` on (the kernel's route lookup), or None."""
+    r = route_towards(address)
+    return r[0] if r else None
 
 
 def link_local_towards(address: str) -> str | None:
     """Our link-local address on the link shared with ``address`` (RFC 2545 3: the kernel's
     route to it has no gateway), or None: reached through a gateway, or no such address."""
-    from pyroute2 import IPRoute
-    try:
-        with IPRoute() as ipr:
-            found = ipr.route("get", dst=address)
-            if not found or found[0].get_attr("RTA_GATEWAY"):
-                return None
-            oif = found[0].get_attr("RTA_OIF")
-            ifname = socket.if_indextoname(oif) if oif else None
-    except Exception:  # noqa: BLE001 - pyroute2's NetlinkError (no route) is not an OSError
-        return None
-    return link_local_of(ifname) if ifname else None
+    r = route_towards(address)
+    return link_local_of(r[0]) if r and r[1] is None else None
 
 
 def lan_routing_settings(config) -> RoutingSettings:

@@ -156,14 +156,8 @@ class DatapathPart:
         counts as traffic from the peer, so DPD asks only after a quiet period)."""
         if self.datapath is None:
             return False
-        alive = False
-        current: dict[int, int] = {}
-        for spi, n in self.datapath.inbound_packets().items():
-            if not spi:
-                continue
-            current[spi] = n
-            if n > self._esp_seen.get(spi, 0):
-                alive = True
+        current = self.datapath.inbound_packets()
+        alive = any(n > self._esp_seen.get(spi, 0) for spi, n in current.items())
         self._esp_seen = current
         return alive
 
