@@ -5,29 +5,58 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 from cgwd.lab.bird import bird_available
 from cgwd.lab.cli import import_config
 from cgwd.lab.strongswan import charon_available
 
 
-def lan_config(lab, *, remote_asn: int, password: str, hold_time: int = 30, extra: str = "") -> str:
+def lan_config(lab, *, remote_asn: int, password: str, hold_time: int = 30, extra: str = "",
+               address: str | None = None, local_address: str = "10.200.0.1",
+               import_filter: str = "10.201.0.0/16 le 24") -> str:
     """The lab's config imported from AWS's download, plus one [[lan_neighbor]] "core1": the
-    on-prem host as the router, cgwd on 10.200.0.1, the 10.201.0.0/16 le 24 import filter and
-    the MD5 ``password``; ``extra``: more lines of that table. Returns the config's path."""
+    on-prem host (``address``; default its IPv4 address) as the router, cgwd on
+    ``local_address``, the ``import_filter`` and the MD5 ``password``; ``extra``: more lines of
+    that table. Returns the config's path."""
     path = import_config(lab)
     with open(path, "a") as f:
         f.write(f"""
 [[lan_neighbor]]
 name = "core1"
-address = "{lab.spec.onprem_host}"
-local_address = "10.200.0.1"
+address = "{address or lab.spec.onprem_host}"
+local_address = "{local_address}"
 remote_asn = {remote_asn}
 hold_time = {hold_time}
 password = "{password}"
-import = ["10.201.0.0/16 le 24"]
+import = ["{import_filter}"]
 {extra}""")
     return path
+
+
+def lan_neighbor(lab) -> dict:
+    """The first LAN neighbor of cgwd's status (JSON), or {}."""
+    from cgwd.lab.cli import cgwctl_status
+    return ((cgwctl_status(lab, as_json=True).get("lan") or {}).get("neighbors") or [{}])[0]
+
+
+def silence_router_bfd(lab) -> tuple[float, dict]:
+    """Drop the on-prem router's BFD packets (UDP 3784, IPv4 and IPv6) in its namespace and
+    wait for cgwd to declare BFD Down and close BGP: (seconds from the drop to cgwd's teardown,
+    the neighbor's status then). ``unsilence_router_bfd`` lifts the drop."""
+    from cgwd.lab.netns import wait_for
+    lab.onprem.run(["nft", "add table inet bfdtest"], check=True)
+    lab.onprem.run(["nft", "add chain inet bfdtest out { type filter hook output priority 0 ; }"], check=True)
+    t0 = time.time()
+    lab.onprem.run(["nft", "add rule inet bfdtest out udp dport 3784 drop"], check=True)
+    wait_for(lambda: lan_neighbor(lab).get("bfd", {}).get("bgp_teardowns") == 1, 10, interval=0.1,
+             what="cgwd to declare BFD Down and close BGP")
+    n = lan_neighbor(lab)
+    return n["bfd"]["last_teardown_at"] - t0, n
+
+
+def unsilence_router_bfd(lab) -> None:
+    lab.onprem.run(["nft", "delete table inet bfdtest"], check=True)
 
 
 def interop_skip_reason() -> str | None:

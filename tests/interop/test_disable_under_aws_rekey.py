@@ -25,7 +25,7 @@ import threading
 import time
 
 import pytest
-from chaoslib import Undeliverable, aws_half_open, aws_view, nat_input, sa_problems
+from chaoslib import aws_half_open, aws_view, nat_input, sa_problems
 from faultlab import log_text, status
 from test_chaos import Chaos
 

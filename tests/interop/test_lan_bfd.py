@@ -28,7 +28,8 @@ import pytest
 from cgwd.lab.bird import BgpNeighbor, Bird, BirdConfig
 from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, start_cgwd
 from cgwd.lab.netns import run, wait_for
-from labenv import lan_config
+from labenv import lan_config, silence_router_bfd, unsilence_router_bfd
+from labenv import lan_neighbor as _neighbor
 
 pytestmark = pytest.mark.interop
 
@@ -71,12 +72,6 @@ def _bird_bfd_state(bird: Bird) -> str:
     return m.group(1) if m else ""
 
 
-def _neighbor(lab) -> dict:
-    st = cgwctl_status(lab, as_json=True)
-    ns = (st.get("lan") or {}).get("neighbors") or [{}]
-    return ns[0]
-
-
 def test_lan_bfd_with_bird_detects_both_directions(lab_factory):
     lab = lab_factory()
     router = _router(lab)
@@ -105,14 +100,7 @@ def test_lan_bfd_with_bird_detects_both_directions(lab_factory):
                      rf"{b['remote_discriminator']}, tx 300 ms, detection 900 ms", text), text
 
     # the router is silenced: its BFD packets to cgwd are dropped in its namespace
-    lab.onprem.run(["nft", "add table inet bfdtest"], check=True)
-    lab.onprem.run(["nft", "add chain inet bfdtest out { type filter hook output priority 0 ; }"], check=True)
-    t0 = time.time()
-    lab.onprem.run(["nft", "add rule inet bfdtest out udp dport 3784 drop"], check=True)
-    wait_for(lambda: _neighbor(lab).get("bfd", {}).get("bgp_teardowns") == 1, 10, interval=0.1,
-             what="cgwd to declare BFD Down and close BGP")
-    n = _neighbor(lab)
-    took = n["bfd"]["last_teardown_at"] - t0
+    took, n = silence_router_bfd(lab)
     print(f"\ncgwd: router silenced -> BFD Down + BGP closed in {took * 1000:.0f} ms "
           f"(detection {DETECT_S * 1000:.0f} ms, hold timer {HOLD * 1000} ms)")
     assert 0 < took <= DETECT_S + 0.25, took
@@ -130,7 +118,7 @@ def test_lan_bfd_with_bird_detects_both_directions(lab_factory):
     assert not router.established("cgw") and n["state"] != "established" and n["bfd"]["bgp_gated"] is True
 
     # the rule goes: BFD Up again, then BGP
-    lab.onprem.run(["nft", "delete table inet bfdtest"], check=True)
+    unsilence_router_bfd(lab)
     t1 = time.time()
     wait_for(lambda: _neighbor(lab).get("state") == "established", 40, interval=0.3,
              what="BGP back after BFD Up")

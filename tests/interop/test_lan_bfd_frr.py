@@ -36,10 +36,11 @@ import time
 
 import pytest
 
-from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, start_cgwd
+from cgwd.lab.cli import cgwctl_command, cgwd_ready, start_cgwd
 from cgwd.lab.frr import Frr, FrrConfig, FrrNeighbor, frr_available
 from cgwd.lab.netns import run, wait_for
-from labenv import lan_config
+from labenv import lan_config, silence_router_bfd, unsilence_router_bfd
+from labenv import lan_neighbor as _neighbor
 
 pytestmark = [pytest.mark.interop,
               pytest.mark.skipif(frr_available(bfd=True) is not None, reason=str(frr_available(bfd=True)))]
@@ -65,12 +66,6 @@ def _router(lab) -> Frr:
     frr.start()
     lab.procs.extend(frr.procs.values())
     return frr
-
-
-def _neighbor(lab) -> dict:
-    st = cgwctl_status(lab, as_json=True)
-    ns = (st.get("lan") or {}).get("neighbors") or [{}]
-    return ns[0]
 
 
 def _frr_bfd(frr: Frr) -> dict:
@@ -109,14 +104,7 @@ def test_lan_bfd_with_frr_bfdd(lab_factory):
     up_since = n["uptime_since"]
 
     # FRR silenced: cgwd's detection time, then BGP closed
-    lab.onprem.run(["nft", "add table inet bfdtest"], check=True)
-    lab.onprem.run(["nft", "add chain inet bfdtest out { type filter hook output priority 0 ; }"], check=True)
-    t0 = time.time()
-    lab.onprem.run(["nft", "add rule inet bfdtest out udp dport 3784 drop"], check=True)
-    wait_for(lambda: _neighbor(lab).get("bfd", {}).get("bgp_teardowns") == 1, 10, interval=0.1,
-             what="cgwd to declare BFD Down and close BGP")
-    n = _neighbor(lab)
-    took = n["bfd"]["last_teardown_at"] - t0
+    took, n = silence_router_bfd(lab)
     print(f"cgwd: FRR silenced -> BFD Down + BGP closed in {took * 1000:.0f} ms "
           f"(detection {DETECT_S * 1000:.0f} ms, hold timer {HOLD * 1000} ms)")
     assert 0 < took <= DETECT_S + 0.25, took
@@ -127,7 +115,7 @@ def test_lan_bfd_with_frr_bfdd(lab_factory):
     time.sleep(4)       # FRR retries its connection every 2 s: BGP stays down while BFD is
     n = _neighbor(lab)
     assert not frr.established(CGW) and n["state"] != "established" and n["bfd"]["bgp_gated"] is True, n
-    lab.onprem.run(["nft", "delete table inet bfdtest"], check=True)
+    unsilence_router_bfd(lab)
     t1 = time.time()
     wait_for(lambda: _neighbor(lab).get("state") == "established", 40, interval=0.3, what="BGP back after BFD Up")
     print(f"cgwd: BFD and BGP back {time.time() - t1:.1f} s after FRR was heard again")

@@ -39,10 +39,12 @@ import time
 import pytest
 
 from cgwd.lab.bird import BgpNeighbor, Bird, BirdConfig
-from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, import_config, start_cgwd
+from cgwd.lab.cli import cgwctl_command, cgwctl_status, cgwd_ready, start_cgwd
 from cgwd.lab.faults import kill_endpoint
 from cgwd.lab.frr import Frr, FrrConfig, FrrNeighbor, frr_available
 from cgwd.lab.netns import run, wait_for
+from labenv import lan_config, silence_router_bfd, unsilence_router_bfd
+from labenv import lan_neighbor as _neighbor
 from test_ipv6_vpn import ping6_ok
 
 pytestmark = pytest.mark.interop
@@ -66,23 +68,9 @@ protocol bfd {{
 
 
 def _config(lab) -> str:
-    path = import_config(lab)
-    with open(path, "a") as f:
-        f.write(f"""
-[[lan_neighbor]]
-name = "core1"
-address = "{lab.spec.onprem_host6}"
-local_address = "{CGW_LAN6}"
-remote_asn = {ROUTER_AS}
-hold_time = 30
-password = "{MD5}"
-import = ["2001:db8:201::/48 le 64"]
-med = {MED}
-bfd = true
-bfd_interval_ms = {BFD_MS}
-bfd_multiplier = {MULT}
-""")
-    return path
+    return lan_config(lab, remote_asn=ROUTER_AS, password=MD5, address=lab.spec.onprem_host6,
+                      local_address=CGW_LAN6, import_filter="2001:db8:201::/48 le 64",
+                      extra=f"med = {MED}\nbfd = true\nbfd_interval_ms = {BFD_MS}\nbfd_multiplier = {MULT}\n")
 
 
 def _router(lab) -> Bird:
@@ -106,10 +94,6 @@ def _link_local(ns, ifname: str) -> str:
 def _bird_bfd(bird: Bird) -> str:
     m = re.search(rf"^{re.escape(CGW_LAN6)}\s+\S+\s+(\w+)", bird.birdc("show", "bfd", "sessions"), re.M)
     return m.group(1) if m else ""
-
-
-def _neighbor(lab) -> dict:
-    return ((cgwctl_status(lab, as_json=True).get("lan") or {}).get("neighbors") or [{}])[0]
 
 
 def _detail(bird: Bird, prefix: str) -> str:
@@ -208,18 +192,11 @@ def test_lan_bgp_over_ipv6_with_bird_bfd_med_and_the_vpc_ipv6_prefix(lab_factory
 
     # BFD over IPv6 detects: the router's BFD packets dropped in its namespace, cgwd declares
     # BFD Down within the detection time and closes BGP (hold timer: 30 s)
-    lab.onprem.run(["nft", "add table ip6 bfd6test"], check=True)
-    lab.onprem.run(["nft", "add chain ip6 bfd6test out { type filter hook output priority 0 ; }"], check=True)
-    t0 = time.time()
-    lab.onprem.run(["nft", "add rule ip6 bfd6test out udp dport 3784 drop"], check=True)
-    wait_for(lambda: _neighbor(lab).get("bfd", {}).get("bgp_teardowns") == 1, 10, interval=0.1,
-             what="cgwd to declare BFD Down over IPv6 and close BGP")
-    n = _neighbor(lab)
-    took = n["bfd"]["last_teardown_at"] - t0
+    took, n = silence_router_bfd(lab)
     print(f"IPv6 router silenced -> BFD Down + BGP closed in {took * 1000:.0f} ms (detection {BFD_MS * MULT} ms)")
     assert 0 < took <= BFD_MS * MULT / 1000 + 0.25, took
     assert n["bfd"]["last_down_diag"] == "control detection time expired" and n["state"] != "established"
-    lab.onprem.run(["nft", "delete table ip6 bfd6test"], check=True)
+    unsilence_router_bfd(lab)
 
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
